@@ -1,0 +1,43 @@
+# lanmesh — every target does its own set-up on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PKGS := wireguard-go wireguard-tools iproute2 nftables iperf3 iputils-ping procps \
+            mosquitto mosquitto-clients qemu-system-x86 busybox-static kmod shellcheck \
+            python3-venv dpkg-dev
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: all deps venv test unit demo bench clean
+
+all: test
+
+# Debian packages: installed only when one is missing, always without recommends.
+deps:
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+test: deps venv
+	$(PY) -m pytest -q tests
+
+unit: venv
+	$(PY) -m pytest -q tests -m 'not netns and not vm'
+
+demo: deps venv
+	$(PY) -m lanmesh.lab.demo
+
+bench: deps venv
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

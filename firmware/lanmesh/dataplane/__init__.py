@@ -1,0 +1,20 @@
+# Data plane backends. Every backend has the same shape:
+#   apply(LinkState)   make the OS match, idempotently; a partial failure is repaired by the next apply
+#   peers() -> {public_key: PeerStatus}
+#   supervise() -> bool   called from the loop; True if it had to repair something (e.g. restart wireguard-go)
+#   close()            remove exactly what this backend added (link, routes, nft table)
+
+
+def make_backend(kind, ifname, log=None):
+    """kind: 'kernel' | 'uapi' | 'auto' (kernel when the module is there, else uapi)."""
+    if kind == "auto":
+        from .kernel import kernel_available
+        kind = "kernel" if kernel_available() else "uapi"
+    if kind == "kernel":
+        from .kernel import KernelBackend
+        return KernelBackend(ifname, log=log)
+    if kind == "uapi":
+        from .uapi import UapiBackend
+        return UapiBackend(ifname, log=log)
+    from ..errors import ConfigError
+    raise ConfigError(f"backend: {kind!r} is not one of 'auto', 'kernel', 'uapi'")

@@ -1,0 +1,84 @@
+# WireGuard keys: X25519 in WireGuard's base64 form. `lanmesh genkey | lanmesh pubkey`
+# is byte-for-byte `wg genkey | wg pubkey`. Private key files are 0600 and refused
+# when group/world readable, like `wg` warns and ssh refuses.
+import base64
+import binascii
+import os
+import stat
+
+from .atomic import write_atomic
+from .errors import KeyError_
+
+
+def _decode(text, what="key"):
+    text = text.strip()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32 or len(text) != 44:
+        raise KeyError_(f"{what} {text[:12]!r}…: not a WireGuard key (44 base64 characters)")
+    return raw
+
+
+def decode_key(text, what="key"):
+    """WireGuard base64 → 32 raw bytes; KeyError_ with a readable message otherwise."""
+    return _decode(text, what)
+
+
+def encode_key(raw):
+    return base64.b64encode(raw).decode()
+
+
+def is_key(text):
+    try:
+        _decode(text)
+        return True
+    except KeyError_:
+        return False
+
+
+def genkey():
+    """A new private key, clamped as `wg genkey` prints it."""
+    raw = bytearray(os.urandom(32))
+    raw[0] &= 248
+    raw[31] = (raw[31] & 127) | 64
+    return encode_key(bytes(raw))
+
+
+def pubkey(private_b64):
+    # Imported here: cryptography's X25519 costs ~9 MB RSS, the daemon needs it only once.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives import serialization
+
+    priv = X25519PrivateKey.from_private_bytes(_decode(private_b64, "private key"))
+    raw = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return encode_key(raw)
+
+
+def to_hex(b64):
+    """UAPI wants keys in hex."""
+    return _decode(b64).hex()
+
+
+def from_hex(h):
+    return encode_key(bytes.fromhex(h))
+
+
+def write_private_key(path, key_b64):
+    """Atomically create a 0600 key file (never briefly readable by others)."""
+    write_atomic(path, key_b64 + "\n", mode=0o600)
+
+
+def read_private_key(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise KeyError_(f"{path}: private key file not found (create it with `lanmesh genkey`)")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyError_(f"{path}: private key file is readable by others "
+                        f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
+    with open(path) as f:
+        text = f.read()
+    _decode(text, f"{path}: private key")
+    return text.strip()
