@@ -79,7 +79,8 @@ def loads(data, source="document"):
     except _DuplicateKey as e:
         raise DocumentError([f"{source}: duplicate key {e.args[0]!r} in one JSON object"]) from None
     except json.JSONDecodeError as e:
-        what = "truncated JSON" if e.pos >= len(data.rstrip()) else "not valid JSON"
+        ended = e.pos >= len(data.rstrip()) or e.msg.startswith("Unterminated string")
+        what = "truncated JSON" if ended else "not valid JSON"
         raise DocumentError([f"{source}: {what}: {e.msg} at line {e.lineno} column {e.colno}"]) from None
     problems = validate(raw)
     if problems:
