@@ -12,9 +12,12 @@ def make_backend(kind, ifname, log=None):
         kind = "kernel" if kernel_available() else "uapi"
     if kind == "kernel":
         from .kernel import KernelBackend
-        return KernelBackend(ifname, log=log)
-    if kind == "uapi":
+        backend = KernelBackend(ifname, log=log)
+    elif kind == "uapi":
         from .uapi import UapiBackend
-        return UapiBackend(ifname, log=log)
-    from ..errors import ConfigError
-    raise ConfigError(f"backend: {kind!r} is not one of 'auto', 'kernel', 'uapi'")
+        backend = UapiBackend(ifname, log=log)
+    else:
+        from ..errors import ConfigError
+        raise ConfigError(f"backend: {kind!r} is not one of 'auto', 'kernel', 'uapi'")
+    backend.kind = kind
+    return backend

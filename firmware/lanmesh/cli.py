@@ -1,0 +1,133 @@
+# `lanmesh …` — argument parsing and exit codes only; each subcommand imports what it
+# needs when it runs (a router pays only for the command it uses).
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .errors import DocumentError, LanmeshError
+
+DEFAULT_CONFIG = "/etc/lanmesh/node.json"
+# Subcommand groups owned by other modules; each has register(subparsers).
+_EXTENSIONS = ("lanmesh.fleet.cli", "lanmesh.console.cli")
+
+
+def _die(msg, code=1):
+    print(f"lanmesh: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_genkey(args):
+    from .keys import genkey
+    print(genkey())
+    return 0
+
+
+def cmd_pubkey(args):
+    from .keys import pubkey
+    print(pubkey(sys.stdin.read()))
+    return 0
+
+
+def load_node_config(args):
+    if getattr(args, "uci", None):
+        from .uci import load_uci
+        from .config import parse_config
+        return parse_config(load_uci(args.uci), args.uci)
+    from .config import load_config
+    return load_config(args.config)
+
+
+def cmd_run(args):
+    cfg = load_node_config(args)
+    level = args.log_level or cfg.log_level
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format=f"%(asctime)s {cfg.name} %(levelname)s %(message)s")
+    from .daemon import run
+    run(cfg)
+    return 0
+
+
+def cmd_status(args):
+    from . import control
+    from .status_view import render
+    cfg = load_node_config(args)
+    try:
+        st = control.request(cfg.control_socket, {"cmd": "status"})
+    except OSError as e:
+        return _die(f"no daemon answering on {cfg.control_socket} ({e.strerror or e}); is `lanmesh run` running?")
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        print(render(st))
+    return 0
+
+
+def cmd_doc_check(args):
+    from . import netdoc
+    try:
+        doc = netdoc.load(args.path)
+    except DocumentError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        print(f"{args.path}: {len(e.problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.path}: ok: fleet {doc.fleet} v{doc.version}, {len(doc.nodes)} nodes")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="lanmesh", description="Site-to-site WireGuard mesh for router fleets.")
+    p.add_argument("--version", action="version", version=f"lanmesh {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("genkey", help="print a new WireGuard private key (like `wg genkey`)")
+    s.set_defaults(func=cmd_genkey)
+    s = sub.add_parser("pubkey", help="private key on stdin → public key (like `wg pubkey`)")
+    s.set_defaults(func=cmd_pubkey)
+
+    def config_args(s):
+        g = s.add_mutually_exclusive_group()
+        g.add_argument("--config", default=DEFAULT_CONFIG, help=f"node config JSON (default {DEFAULT_CONFIG})")
+        g.add_argument("--uci", metavar="PATH", help="read the node config from a UCI file (OpenWrt)")
+
+    s = sub.add_parser("run", help="run the daemon in the foreground")
+    config_args(s)
+    s.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    s.set_defaults(func=cmd_run)
+    s = sub.add_parser("status", help="peers, links and routes of the running daemon")
+    config_args(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    doc = sub.add_parser("doc", help="network documents")
+    dsub = doc.add_subparsers(dest="doc_command", metavar="DOC_COMMAND")
+    dsub.required = True
+    s = dsub.add_parser("check", help="validate a network document and print every problem")
+    s.add_argument("path")
+    s.set_defaults(func=cmd_doc_check)
+
+    import importlib
+    for mod in _EXTENSIONS:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        m.register(sub, {"doc": dsub})
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LanmeshError as e:
+        return _die(str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

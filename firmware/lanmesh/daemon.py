@@ -1,0 +1,254 @@
+# The one loop (DESIGN §2.2): owns the tasks and lifetimes. Everything that decides lives
+# in pure cores (netdoc, desired, mesh, fleet sync); everything that touches the OS lives in
+# backends and adapters. This file only wires facts to cores and effects to edges.
+import logging
+import os
+import signal
+import time
+
+from . import aio, control, desired, netdoc
+from .dataplane import make_backend
+from .errors import DocumentError, LanmeshError
+from .keys import read_private_key, pubkey
+
+SUPERVISE_MS = 1000      # wireguard-go liveness check and document-file watch
+log = logging.getLogger("lanmesh")
+
+
+class Daemon:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.private_key = read_private_key(cfg.private_key_file)
+        self.public_key = pubkey(self.private_key)
+        self.document = None
+        self.backend = None
+        self.link_state = None
+        self.next_hops = None          # None = direct full mesh; the mesh core fills it in
+        self.started = time.time()
+        self.rejected = []             # reasons of the last rejected local document
+        self._stop = None
+        self._wake = None
+        self._reload = False
+        self._doc_stamp = None
+        self.mesh = None
+        self.fleet = None
+
+    # -- documents ------------------------------------------------------------------------
+    def initial_document(self):
+        """The local document, or the persisted last good fleet document when newer."""
+        doc, err = None, None
+        try:
+            doc = netdoc.load(self.cfg.document)
+        except DocumentError as e:
+            err = e
+        if self.cfg.fleet:
+            from .fleet.agent import load_last_good
+            good = load_last_good(self.cfg)
+            if good is not None and (doc is None or good.version > doc.version):
+                log.info("starting on the last good fleet document v%d", good.version)
+                doc = good
+        if doc is None:
+            raise err
+        return doc
+
+    def check_document(self, doc):
+        if doc.node(self.cfg.name) is None:
+            raise DocumentError([f"node {self.cfg.name!r} is not in the document "
+                                 f"(nodes: {', '.join(sorted(doc.nodes))})"])
+        me = doc.node(self.cfg.name)
+        if me.public_key != self.public_key:
+            raise DocumentError([f"node {self.cfg.name!r}: the document's public_key "
+                                 f"{me.public_key} does not match {self.cfg.private_key_file}"])
+
+    def apply_document(self, doc):
+        """Reconcile the data plane to `doc`. On failure the previous state is restored
+        (as far as the OS lets us) and the error is raised to the caller."""
+        self.check_document(doc)
+        previous = self.document
+        self.document = doc
+        if self.mesh is not None:
+            self.mesh.document_changed(doc)
+        try:
+            self._reconcile()
+        except LanmeshError:
+            self.document = previous
+            if self.mesh is not None and previous is not None:
+                self.mesh.document_changed(previous)
+            if previous is not None:
+                try:
+                    self._reconcile()
+                except LanmeshError as e:
+                    log.error("restoring the previous state failed too: %s", e)
+            raise
+        log.info("applied document %s v%d: %d peers", doc.fleet, doc.version, len(doc.nodes) - 1)
+
+    def set_next_hops(self, next_hops):
+        """Called by the mesh when routes change."""
+        self.next_hops = next_hops
+        self._reconcile()
+
+    def _reconcile(self):
+        state = desired.link_state(self.cfg, self.document, self.private_key, self.next_hops)
+        if state == self.link_state:
+            return
+        self.backend.apply(state)
+        self.link_state = state
+
+    def reload_local(self):
+        """SIGHUP or the document file changed: apply it if valid and different."""
+        try:
+            doc = netdoc.load(self.cfg.document)
+            self.check_document(doc)
+        except DocumentError as e:
+            self.rejected = e.problems
+            for p in e.problems:
+                log.error("document rejected, mesh unchanged: %s", p)
+            return
+        self.rejected = []
+        if doc == self.document:
+            log.info("document unchanged")
+            return
+        if self.cfg.fleet and self.document is not None and doc.version <= self.document.version:
+            log.info("local document v%d is not newer than the applied v%d", doc.version,
+                     self.document.version)
+            return
+        try:
+            self.apply_document(doc)
+        except LanmeshError as e:
+            log.error("apply failed, previous state kept: %s", e)
+
+    def _document_stamp(self):
+        try:
+            st = os.stat(self.cfg.document)
+            return (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            return None
+
+    # -- status ---------------------------------------------------------------------------
+    def links_up(self):
+        if self.mesh is not None:
+            return self.mesh.links_up()
+        now = time.time()
+        peers = self.backend.peers() if self.backend else {}
+        up = sum(1 for p in peers.values() if p.last_handshake and now - p.last_handshake < 180)
+        return up, len(peers)
+
+    def status(self):
+        doc = self.document
+        now = time.time()
+        names = {n.public_key: n.name for n in doc.nodes.values()} if doc else {}
+        peers = []
+        for key, p in sorted(self.backend.peers().items(), key=lambda kv: names.get(kv[0], kv[0])):
+            peers.append({
+                "name": names.get(key, "?"), "public_key": key, "endpoint": p.endpoint,
+                "last_handshake_age": round(now - p.last_handshake, 1) if p.last_handshake else None,
+                "rx": p.rx_bytes, "tx": p.tx_bytes, "allowed_ips": list(p.allowed_ips)})
+        routes = []
+        if doc is not None:
+            hops = self.next_hops or desired.direct_plan(doc, self.cfg.name)
+            for dest, n in sorted(doc.nodes.items()):
+                if dest == self.cfg.name:
+                    continue
+                for prefix in (n.ipv4,) + n.lan:
+                    routes.append({"prefix": prefix, "node": dest, "via": hops.get(dest)})
+        return {
+            "node": self.cfg.name, "interface": self.cfg.interface,
+            "backend": getattr(self.backend, "kind", "?"), "public_key": self.public_key,
+            "fleet": doc.fleet if doc else None, "version": doc.version if doc else None,
+            "uptime": round(now - self.started, 1), "peers": peers,
+            "links": self.mesh.status()["links"] if self.mesh is not None else [],
+            "routes": routes, "rejected": self.rejected,
+            "fleet_state": self.fleet.state() if self.fleet is not None else None,
+        }
+
+    def _control(self, req):
+        if req.get("cmd", "status") == "status":
+            return self.status()
+        return {"error": f"unknown command {req.get('cmd')!r}"}
+
+    # -- the loop -------------------------------------------------------------------------
+    def start(self):
+        """Synchronous part of start-up: errors here exit non-zero with the message."""
+        doc = self.initial_document()
+        self.check_document(doc)
+        self.backend = make_backend(self.cfg.backend, self.cfg.interface, log=log)
+        self.apply_document(doc)
+        self._doc_stamp = self._document_stamp()
+
+    def request_reload(self):
+        self._reload = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def request_stop(self):
+        if self._stop is not None:
+            self._stop.set()
+            self._wake.set()
+
+    async def _supervise(self):
+        while not self._stop.is_set():
+            try:
+                if self.backend.supervise():
+                    log.warning("data plane repaired")
+            except LanmeshError as e:
+                log.error("data plane repair failed, retrying: %s", e)
+            stamp = self._document_stamp()
+            if stamp != self._doc_stamp:
+                self._doc_stamp = stamp
+                if stamp is not None:
+                    self.request_reload()
+            await self._wake_or(SUPERVISE_MS)
+            if self._reload:
+                self._reload = False
+                self.reload_local()
+
+    async def _wake_or(self, ms):
+        try:
+            await aio.wait_for_ms(self._wake.wait(), ms)
+        except aio.TimeoutError:
+            pass
+
+    async def _serve_control(self, server):
+        while not self._stop.is_set():
+            await aio.wait_readable(server)
+            control.serve_one(server, self._control)
+
+    async def run(self):
+        self._stop = aio.Event()
+        self._wake = aio.Signal()
+        server = control.listen(self.cfg.control_socket)
+        tasks = [aio.create_task(self._supervise()), aio.create_task(self._serve_control(server))]
+        if self.cfg.fleet:
+            from .fleet.agent import FleetAgent
+            self.fleet = FleetAgent(self.cfg, self, log)
+            tasks.append(aio.create_task(self.fleet.run()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        log.info("running: node %s on %s (%s backend), control %s", self.cfg.name,
+                 self.cfg.interface, getattr(self.backend, "kind", "?"), self.cfg.control_socket)
+        try:
+            await self._stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            if self.fleet is not None:
+                self.fleet.close()
+            server.close()
+            try:
+                os.unlink(self.cfg.control_socket)
+            except OSError:
+                pass
+            self.backend.close()
+            log.info("stopped; interface %s removed", self.cfg.interface)
+
+
+def run(cfg):
+    d = Daemon(cfg)
+    try:
+        d.start()
+    except BaseException:
+        if d.backend is not None:
+            d.backend.close()
+        raise
+    aio.run(d.run())

@@ -1,0 +1,40 @@
+# Network document + this node's identity (+ the mesh's routing plan) → the LinkState the
+# backend reconciles to. Pure: same inputs, same LinkState, so re-applying is a no-op.
+from .dataplane.linkstate import LinkState, PeerState
+
+
+def direct_plan(doc, self_name):
+    """Static full mesh: every other node is its own next hop."""
+    return {name: name for name in doc.nodes if name != self_name}
+
+
+def allowed_ips(doc, self_name, next_hops):
+    """{peer name: [prefixes]}: a peer carries every destination routed through it, and
+    always its own pinned probe address (its overlay IPv6 /128)."""
+    out = {name: [n.ipv6] for name, n in doc.nodes.items() if name != self_name}
+    for dest, via in next_hops.items():
+        if via not in out or dest not in doc.nodes:
+            continue
+        d = doc.nodes[dest]
+        out[via].append(d.ipv4)
+        out[via].extend(d.lan)
+    return out
+
+
+def link_state(cfg, doc, private_key, next_hops=None):
+    me = doc.node(cfg.name)
+    s = doc.settings
+    if next_hops is None:
+        next_hops = direct_plan(doc, cfg.name)
+    allowed = allowed_ips(doc, cfg.name, next_hops)
+    peers = []
+    routes = {doc.overlay4, doc.overlay6}
+    for name, n in doc.nodes.items():
+        if name == cfg.name:
+            continue
+        peers.append(PeerState(n.public_key, allowed[name],
+                               endpoint=n.endpoints[0] if n.endpoints else None,
+                               keepalive=s["keepalive"]))
+        routes.update(n.lan)
+    return LinkState(cfg.interface, private_key, cfg.listen_port or s["listen_port"], peers,
+                     addresses=(me.ipv4, me.ipv6), routes=routes, mtu=s["mtu"])

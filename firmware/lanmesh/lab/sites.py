@@ -1,0 +1,212 @@
+# The multi-site test bed (DESIGN §8): N sites, each a router namespace and a LAN-host
+# namespace, all routers joined through one WAN namespace that routes between them (so a
+# single site-to-site path can be cut or slowed there). Used by tests, bench and the demo.
+#
+#   host-a (198.19.1.2) ── lan0 │ router-a │ wan0 (198.18.1.2) ── s1 │      │
+#   host-b (198.19.2.2) ── lan0 │ router-b │ wan0 (198.18.2.2) ── s2 │ wan  │ …
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .. import control
+from ..atomic import write_atomic
+from ..keys import genkey, pubkey, write_private_key
+from .netns import Namespaces
+
+OVERLAY4, OVERLAY6 = "100.64.0.0/10", "fd00:6c6d::/64"
+
+
+class Site:
+    def __init__(self, lab, i):
+        self.i = i
+        self.letter = "abcdefghijklmnopqrstuvwxyz"[i - 1] if i <= 26 else f"n{i}"
+        self.name = f"site-{self.letter}"
+        self.router = f"{lab.ns.prefix}-r{self.letter}"
+        self.host = f"{lab.ns.prefix}-h{self.letter}"
+        self.ifname = f"{lab.ns.prefix}{self.letter}"
+        self.wan_ip = f"198.18.{i}.2"
+        self.lan4, self.lan6 = f"198.19.{i}.0/24", f"fd00:19:{i}::/64"
+        self.host4, self.host6 = f"198.19.{i}.2", f"fd00:19:{i}::2"
+        self.overlay4, self.overlay6 = f"100.64.0.{i}", f"fd00:6c6d::{i}"
+        self.dir = os.path.join(lab.workdir, self.name)
+        self.private_key = genkey()
+        self.public_key = pubkey(self.private_key)
+        self.backend = lab.backend
+        self.relay = True
+        self.proc = None
+
+    @property
+    def config_path(self):
+        return os.path.join(self.dir, "node.json")
+
+    @property
+    def control_socket(self):
+        return os.path.join(self.dir, "run", self.ifname + ".sock")
+
+    def node_entry(self):
+        return {"name": self.name, "public_key": self.public_key,
+                "address": [self.overlay4 + "/32", self.overlay6 + "/128"],
+                "lan": [self.lan4, self.lan6], "endpoints": [f"{self.wan_ip}:51820"],
+                "relay": self.relay}
+
+
+class Lab:
+    def __init__(self, n_sites, backend="uapi", prefix=None, settings=None, log=None):
+        self.ns = Namespaces(prefix)
+        self.backend = backend
+        self.settings = dict(settings or {})
+        self.version = 0
+        self.workdir = tempfile.mkdtemp(prefix=self.ns.prefix + "-")
+        self.log = log or (lambda msg: None)
+        self.sites = []
+        self.wan = None
+        self._cuts = set()
+        self._n = n_sites
+
+    # -- topology -------------------------------------------------------------------------
+    def __enter__(self):
+        try:
+            self.wan = self.ns.add("wan")
+            self.ns.exec(self.wan, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            for _ in range(self._n):
+                self.add_site()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def add_site(self):
+        s = Site(self, len(self.sites) + 1)
+        self.ns.add("r" + s.letter)
+        self.ns.add("h" + s.letter)
+        self.ns.veth(s.router, "wan0", self.wan, f"s{s.i}")
+        self.ns.exec(self.wan, "ip", "addr", "add", f"198.18.{s.i}.1/24", "dev", f"s{s.i}")
+        self.ns.exec(s.router, "ip", "addr", "add", f"{s.wan_ip}/24", "dev", "wan0")
+        self.ns.exec(s.router, "ip", "route", "add", "default", "via", f"198.18.{s.i}.1")
+        self.ns.veth(s.router, "lan0", s.host, "eth0")
+        self.ns.exec(s.router, "ip", "addr", "add", f"198.19.{s.i}.1/24", "dev", "lan0")
+        self.ns.exec(s.router, "ip", "-6", "addr", "add", f"fd00:19:{s.i}::1/64", "dev", "lan0", "nodad")
+        self.ns.exec(s.host, "ip", "addr", "add", f"{s.host4}/24", "dev", "eth0")
+        self.ns.exec(s.host, "ip", "-6", "addr", "add", f"{s.host6}/64", "dev", "eth0", "nodad")
+        self.ns.exec(s.host, "ip", "route", "add", "default", "via", f"198.19.{s.i}.1")
+        self.ns.exec(s.host, "ip", "-6", "route", "add", "default", "via", f"fd00:19:{s.i}::1")
+        os.makedirs(s.dir, exist_ok=True)
+        write_private_key(os.path.join(s.dir, "private.key"), s.private_key)
+        write_atomic(s.config_path, json.dumps({
+            "name": s.name, "interface": s.ifname, "backend": s.backend,
+            "private_key_file": "private.key", "document": "network.json",
+            "state_dir": "state", "run_dir": "run"}, indent=2))
+        self.sites.append(s)
+        return s
+
+    def close(self):
+        self.ns.teardown()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- documents ------------------------------------------------------------------------
+    def document(self, sites=None, **settings):
+        self.version += 1
+        sites = self.sites if sites is None else sites
+        return {"fleet": "lab", "version": self.version,
+                "overlay": {"ipv4": OVERLAY4, "ipv6": OVERLAY6},
+                "settings": dict(self.settings, **settings),
+                "nodes": [s.node_entry() for s in sites]}
+
+    def write_document(self, doc, sites=None):
+        data = json.dumps(doc, indent=2)
+        for s in (self.sites if sites is None else sites):
+            write_atomic(os.path.join(s.dir, "network.json"), data)
+
+    # -- daemons --------------------------------------------------------------------------
+    def start(self, s, wait=True, extra_env=None):
+        env = dict(os.environ, **(extra_env or {}))
+        logf = open(os.path.join(s.dir, "daemon.log"), "ab")
+        s.proc = self.ns.popen(s.router, [sys.executable, "-m", "lanmesh.cli", "run", "--config",
+                                          s.config_path], stdout=logf, stderr=subprocess.STDOUT, env=env)
+        logf.close()
+        if wait:
+            self.wait_ready(s)
+        return s.proc
+
+    def wait_ready(self, s, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if s.proc.poll() is not None:
+                raise RuntimeError(f"{s.name} daemon exited {s.proc.returncode}:\n{self.daemon_log(s)}")
+            try:
+                return self.status(s)
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        raise TimeoutError(f"{s.name} daemon not ready after {timeout}s:\n{self.daemon_log(s)}")
+
+    def stop(self, s, sig=signal.SIGTERM, timeout=10):
+        if s.proc is None:
+            return None
+        s.proc.send_signal(sig)
+        try:
+            rc = s.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            s.proc.kill()
+            rc = s.proc.wait()
+        s.proc = None
+        return rc
+
+    def reload(self, s):
+        s.proc.send_signal(signal.SIGHUP)
+
+    def status(self, s):
+        return control.request(s.control_socket, {"cmd": "status"}, timeout=5)
+
+    def daemon_log(self, s):
+        try:
+            with open(os.path.join(s.dir, "daemon.log"), errors="replace") as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    # -- traffic --------------------------------------------------------------------------
+    def ping(self, src, dst, family=4, count=1, wait_s=1, interval=None):
+        """Ping dst's LAN host from src's LAN host; returns (ok, output)."""
+        target = dst.host4 if family == 4 else dst.host6
+        argv = ["ping", "-n", f"-{family}", "-c", str(count), "-W", str(wait_s)]
+        if interval is not None:
+            argv += ["-i", str(interval)]
+        r = self.ns.exec(src.host, *argv, target, check=False, timeout=count * 2 + wait_s + 10)
+        return r.returncode == 0, r.stdout
+
+    def wait_ping(self, src, dst, family=4, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ok, _ = self.ping(src, dst, family)
+            if ok:
+                return True
+        return False
+
+    # -- WAN impairment -------------------------------------------------------------------
+    def cut(self, a, b):
+        self._cuts.add(frozenset((a.i, b.i)))
+        self._load_wan_rules()
+
+    def restore(self, a, b):
+        self._cuts.discard(frozenset((a.i, b.i)))
+        self._load_wan_rules()
+
+    def _load_wan_rules(self):
+        rules = []
+        for pair in sorted(tuple(sorted(p)) for p in self._cuts):
+            x, y = pair
+            rules.append(f"ip saddr 198.18.{x}.2 ip daddr 198.18.{y}.2 drop")
+            rules.append(f"ip saddr 198.18.{y}.2 ip daddr 198.18.{x}.2 drop")
+        body = "\n".join("    " + r for r in rules)
+        script = ("table inet lab_wan\ndelete table inet lab_wan\n"
+                  "table inet lab_wan {\n  chain forward {\n"
+                  "    type filter hook forward priority 0; policy accept;\n" + body + "\n  }\n}\n")
+        self.ns.exec(self.wan, "nft", "-f", "-", input=script)

@@ -1,0 +1,17 @@
+# `make demo` is the main job: it must come up from nothing, show the table and pass.
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+
+def test_demo_runs_and_passes():
+    r = subprocess.run([sys.executable, "-m", "lanmesh.lab.demo"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "site    LAN" in out and "demo PASSED" in out
+    for site in ("site-a", "site-b", "site-c"):
+        assert site in out
+    assert "FAIL" not in out.replace("demo PASSED", "")
