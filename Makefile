@@ -5,10 +5,10 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PKGS := wireguard-go wireguard-tools iproute2 nftables iperf3 iputils-ping procps \
             mosquitto mosquitto-clients qemu-system-x86 busybox-static kmod shellcheck \
-            python3-venv dpkg-dev
+            python3-venv dpkg-dev systemd iptables
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all deps venv test unit demo bench clean
+.PHONY: all deps venv test unit demo bench ipk deb clean
 
 all: test
 
@@ -38,6 +38,14 @@ demo: deps venv
 
 bench: deps venv
 	$(PY) bench/run_all.py
+
+# OpenWrt package without the SDK (architecture all, byte-reproducible with SOURCE_DATE_EPOCH)
+ipk: venv
+	$(PY) packaging/build_ipk.py --out dist
+
+# Raspberry Pi OS / Debian package with a systemd unit and the vendored pure-Python deps
+deb: deps venv
+	$(PY) packaging/build_deb.py --out dist
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
