@@ -26,6 +26,7 @@ class Daemon:
         self.next_hops = None          # None = direct full mesh; the mesh core fills it in
         self.started = time.time()
         self.rejected = []             # reasons of the last rejected local document
+        self.document_applies = 0      # documents applied (mesh route changes not counted)
         self._stop = None
         self._wake = None
         self._reload = False
@@ -66,9 +67,9 @@ class Daemon:
         self.check_document(doc)
         previous = self.document
         self.document = doc
-        if self.mesh is not None:
-            self.mesh.document_changed(doc)
         try:
+            if self.mesh is not None:
+                self.mesh.document_changed(doc)
             self._reconcile()
         except LanmeshError:
             self.document = previous
@@ -80,12 +81,17 @@ class Daemon:
                 except LanmeshError as e:
                     log.error("restoring the previous state failed too: %s", e)
             raise
+        self.document_applies += 1
         log.info("applied document %s v%d: %d peers", doc.fleet, doc.version, len(doc.nodes) - 1)
 
     def set_next_hops(self, next_hops):
-        """Called by the mesh when routes change."""
+        """Called by the mesh when routes change; a failure is retried on the next change
+        or supervise tick, never fatal to the mesh loop."""
         self.next_hops = next_hops
-        self._reconcile()
+        try:
+            self._reconcile()
+        except LanmeshError as e:
+            log.error("applying new routes failed: %s", e)
 
     def _reconcile(self):
         state = desired.link_state(self.cfg, self.document, self.private_key, self.next_hops)
@@ -136,6 +142,7 @@ class Daemon:
     def status(self):
         doc = self.document
         now = time.time()
+        mesh = self.mesh.status() if self.mesh is not None else {"links": [], "counters": {}}
         names = {n.public_key: n.name for n in doc.nodes.values()} if doc else {}
         peers = []
         for key, p in sorted(self.backend.peers().items(), key=lambda kv: names.get(kv[0], kv[0])):
@@ -145,7 +152,7 @@ class Daemon:
                 "rx": p.rx_bytes, "tx": p.tx_bytes, "allowed_ips": list(p.allowed_ips)})
         routes = []
         if doc is not None:
-            hops = self.next_hops or desired.direct_plan(doc, self.cfg.name)
+            hops = desired.direct_plan(doc, self.cfg.name) if self.next_hops is None else self.next_hops
             for dest, n in sorted(doc.nodes.items()):
                 if dest == self.cfg.name:
                     continue
@@ -156,8 +163,8 @@ class Daemon:
             "backend": getattr(self.backend, "kind", "?"), "public_key": self.public_key,
             "fleet": doc.fleet if doc else None, "version": doc.version if doc else None,
             "uptime": round(now - self.started, 1), "peers": peers,
-            "links": self.mesh.status()["links"] if self.mesh is not None else [],
-            "routes": routes, "rejected": self.rejected,
+            "links": mesh["links"], "mesh": mesh["counters"],
+            "routes": routes, "rejected": self.rejected, "document_applies": self.document_applies,
             "fleet_state": self.fleet.state() if self.fleet is not None else None,
         }
 
@@ -173,6 +180,8 @@ class Daemon:
         self.check_document(doc)
         self.backend = make_backend(self.cfg.backend, self.cfg.interface, log=log)
         self.apply_document(doc)
+        from .routing import MeshRouting
+        self.mesh = MeshRouting(self)
         self._doc_stamp = self._document_stamp()
 
     def request_reload(self):
@@ -217,7 +226,8 @@ class Daemon:
         self._stop = aio.Event()
         self._wake = aio.Signal()
         server = control.listen(self.cfg.control_socket)
-        tasks = [aio.create_task(self._supervise()), aio.create_task(self._serve_control(server))]
+        tasks = [aio.create_task(self._supervise()), aio.create_task(self._serve_control(server)),
+                 aio.create_task(self.mesh.run(self._stop))]
         if self.cfg.fleet:
             from .fleet.agent import FleetAgent
             self.fleet = FleetAgent(self.cfg, self, log)
@@ -235,6 +245,7 @@ class Daemon:
             if self.fleet is not None:
                 self.fleet.close()
             server.close()
+            self.mesh.close()
             try:
                 os.unlink(self.cfg.control_socket)
             except OSError:

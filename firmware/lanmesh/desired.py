@@ -1,6 +1,7 @@
 # Network document + this node's identity (+ the mesh's routing plan) → the LinkState the
 # backend reconciles to. Pure: same inputs, same LinkState, so re-applying is a no-op.
 from .dataplane.linkstate import LinkState, PeerState
+from .mesh.plan import make_plan, node_facts
 
 
 def direct_plan(doc, self_name):
@@ -9,16 +10,9 @@ def direct_plan(doc, self_name):
 
 
 def allowed_ips(doc, self_name, next_hops):
-    """{peer name: [prefixes]}: a peer carries every destination routed through it, and
-    always its own pinned probe address (its overlay IPv6 /128)."""
-    out = {name: [n.ipv6] for name, n in doc.nodes.items() if name != self_name}
-    for dest, via in next_hops.items():
-        if via not in out or dest not in doc.nodes:
-            continue
-        d = doc.nodes[dest]
-        out[via].append(d.ipv4)
-        out[via].extend(d.lan)
-    return out
+    """{peer name: [prefixes]} — the mesh core's plan, so both agree by construction."""
+    nodes = {name: node_facts(n) for name, n in doc.nodes.items()}
+    return make_plan(self_name, nodes, next_hops).allowed
 
 
 def link_state(cfg, doc, private_key, next_hops=None):

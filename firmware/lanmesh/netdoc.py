@@ -11,8 +11,8 @@ from .prefix import overlaps, parse_endpoint, parse_prefix
 MAX_DOC_BYTES = 1 << 20          # 1 MiB: far above any real fleet, small enough for a router
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 DEFAULT_SETTINGS = {"listen_port": 51820, "keepalive": 25, "probe_interval_ms": 250,
-                    "confirm_window": 60, "mtu": 1420}
-_SETTING_RANGES = {"listen_port": (1, 65535), "keepalive": (0, 3600),
+                    "confirm_window": 60, "mtu": 1420, "mesh_port": 51821}
+_SETTING_RANGES = {"listen_port": (1, 65535), "keepalive": (0, 3600), "mesh_port": (1, 65535),
                    "probe_interval_ms": (50, 10000), "confirm_window": (5, 3600),
                    "mtu": (1280, 9000)}
 _TOP_KEYS = {"fleet", "version", "overlay", "settings", "nodes", "comment"}

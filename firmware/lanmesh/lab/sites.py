@@ -159,6 +159,26 @@ class Lab:
         s.proc = None
         return rc
 
+    def routes(self, s):
+        """{destination node: next hop or None} as the daemon routes now."""
+        return {r["node"]: r["via"] for r in self.status(s)["routes"]}
+
+    def wait_routes(self, s, want, timeout=15):
+        """Wait until s routes each destination in `want` {node: next hop} that way."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.routes(s)
+            if all(got.get(d) == v for d, v in want.items()):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def wait_direct(self, sites=None, timeout=15):
+        """Wait until every site routes every other site directly (a converged full mesh)."""
+        sites = self.sites if sites is None else sites
+        return all(self.wait_routes(s, {d.name: d.name for d in sites if d is not s}, timeout)
+                   for s in sites)
+
     def reload(self, s):
         s.proc.send_signal(signal.SIGHUP)
 

@@ -1,0 +1,375 @@
+# The `uapi` backend: a userspace WireGuard (wireguard-go) driven over its UAPI socket
+# /var/run/wireguard/<ifname>.sock, plus HostNet for addresses, routes and nft.
+# We own the wireguard-go process: start it, watch its PID, restart it when it dies and
+# re-apply the last state, stop it on close (which removes the tun link with it).
+# Configuration is a diff: read `get=1`, send only what differs (see uapi_proto).
+import ipaddress
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections import deque
+
+from ..errors import BackendError, LanmeshError
+from ..keys import from_hex, to_hex
+from .hostnet import HostNet
+from .linkstate import PeerStatus
+from .uapi_proto import (UapiError, build_set, check_errno, endpoint_key, errno_text,
+                         format_endpoint, norm_prefix, parse_get, split_endpoint)
+
+SOCK_DIR = "/var/run/wireguard"
+START_TIMEOUT = 5.0     # wireguard-go opens its socket in ~50 ms; allow for a slow router
+STOP_TIMEOUT = 3.0      # SIGTERM → SIGKILL
+IO_TIMEOUT = 5.0
+
+
+class UapiBackend:
+    def __init__(self, ifname, log=None, program="wireguard-go"):
+        if log is None:
+            import logging
+            log = logging.getLogger("lanmesh.dataplane")
+        self.ifname = ifname
+        self.log = log
+        self.program = program
+        self.sock_path = f"{SOCK_DIR}/{ifname}.sock"
+        self.hostnet = HostNet(ifname, log=log)
+        self.set_requests = 0       # `set=1` requests sent: 0 more after an unchanged apply
+        self._proc = None           # Popen of the wireguard-go we started
+        self._adopted = None        # PID of one a previous lanmesh run left behind
+        self._state = None          # last state asked for: re-applied after a restart
+        self._endpoints = {}        # peer (hex) → endpoint we last set: what "unchanged" means
+        self._dirty = False         # the last apply failed: supervise() retries it
+        self._backoff, self._retry_at = 0.0, 0.0
+        self._out = _Output(log)
+
+    @property
+    def pid(self):
+        return self._proc.pid if self._proc else self._adopted
+
+    # --- backend API ----------------------------------------------------------------------
+
+    def apply(self, state):
+        """Make wireguard-go and the host match `state`; returns the changes made."""
+        if state.ifname != self.ifname:
+            raise BackendError(f"state is for {state.ifname!r}, "
+                               f"this backend drives {self.ifname!r}")
+        desired = self._desired(state)      # bad input fails here, before anything changes
+        self._state, self._dirty = state, True
+        self._ensure_running()
+        changes = self._configure(desired)
+        changes += self.hostnet.apply(state)
+        self._dirty, self._backoff = False, 0.0
+        return changes
+
+    def peers(self):
+        if not self._alive():
+            return {}
+        dev = parse_get(self._request("get=1\n\n"))
+        return {from_hex(pk): PeerStatus(from_hex(pk), p["endpoint"], p["last_handshake"],
+                                         p["rx_bytes"], p["tx_bytes"], p["allowed_ips"])
+                for pk, p in dev["peers"].items()}
+
+    def supervise(self):
+        """Restart a dead wireguard-go and re-apply the last state, or retry an apply that
+        failed (backing off to once a minute); True if it repaired something."""
+        if self._state is None:
+            return False
+        if self._alive():
+            if not self._dirty or time.monotonic() < self._retry_at:
+                return False
+            self.log.info(f"{self.ifname}: retrying the last apply, which failed")
+        else:
+            rc = self._proc.returncode if self._proc else None
+            self.log.warning(f"{self.ifname}: wireguard-go (pid {self.pid}) is gone"
+                             f"{'' if rc is None else f' (exit {rc})'}; restarting it")
+            self._proc = self._adopted = None
+        try:
+            self.apply(self._state)
+        except BackendError:
+            self._backoff = min(60.0, self._backoff * 2 or 1.0)
+            self._retry_at = time.monotonic() + self._backoff
+            raise
+        return True
+
+    def close(self):
+        """Stop wireguard-go (its tun link goes with it) and undo HostNet's changes."""
+        self._state = None
+        try:
+            self._stop()
+        finally:
+            self.hostnet.close()
+
+    # --- desired state --------------------------------------------------------------------
+
+    def _desired(self, state):
+        peers = {}
+        try:
+            for b64, p in sorted(state.peers.items()):
+                peers[to_hex(b64)] = {
+                    "endpoint": self._resolve(p.endpoint) if p.endpoint else [],
+                    "allowed_ips": tuple(sorted({norm_prefix(a) for a in p.allowed_ips})),
+                    "keepalive": p.keepalive,
+                }
+            private = to_hex(state.private_key)
+        except LanmeshError as exc:
+            raise BackendError(f"{self.ifname}: {exc}") from None
+        return {"private_key": private, "listen_port": state.listen_port, "peers": peers}
+
+    def _resolve(self, endpoint):
+        """'host:port' → candidate 'ip:port' strings; names are resolved on every apply
+        (dynamic DNS). A name that does not resolve now leaves the peer's endpoint alone."""
+        host, port = split_endpoint(endpoint)
+        try:
+            return [format_endpoint(ipaddress.ip_address(host), port)]
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            self.log.warning(f"{self.ifname}: endpoint {endpoint}: {exc}; keeping the current one")
+            return []
+        out = []
+        for info in infos:
+            ep = format_endpoint(info[4][0].split("%")[0], port)
+            if ep not in out:
+                out.append(ep)
+        return out
+
+    def _configure(self, desired):
+        current = parse_get(self._request("get=1\n\n"))
+        sent = {}
+        for pk, want in desired["peers"].items():
+            cands, have = want["endpoint"], current["peers"].get(pk)
+            last = self._endpoints.get(pk)
+            if have is not None and (not cands or endpoint_key(last) in map(endpoint_key, cands)):
+                # Configured endpoint unchanged since we set it (or unresolvable now): leave
+                # the peer's endpoint alone. WireGuard roams it to where the peer really is
+                # (NAT rebinding, the other address family); forcing it back would fight that.
+                want["endpoint"] = None
+                if last:
+                    sent[pk] = last
+                continue
+            # Prefer the current address while it is still one the name resolves to.
+            keep = [c for c in cands if have and endpoint_key(c) == endpoint_key(have["endpoint"])]
+            want["endpoint"] = (keep or cands or [None])[0]
+            if want["endpoint"]:
+                sent[pk] = want["endpoint"]
+        request = build_set(current, desired)
+        if request:
+            self._set(request)
+        self._endpoints = sent      # only after success: a failed set is redone next apply
+        return _describe(request) if request else []
+
+    # --- UAPI socket ----------------------------------------------------------------------
+
+    def _request(self, text):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(IO_TIMEOUT)
+        buf = b""
+        try:
+            s.connect(self.sock_path)
+            s.sendall(text.encode())
+            while not buf.endswith(b"\n\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as exc:
+            raise BackendError(f"{self.ifname}: UAPI socket {self.sock_path}: "
+                               f"{exc.strerror or exc}") from None
+        finally:
+            s.close()
+        return buf.decode("utf-8", "replace")
+
+    def _set(self, request):
+        mark = self._out.mark()
+        self.set_requests += 1
+        try:
+            check_errno(self._request(request))
+        except UapiError as exc:
+            why = self._out.error_since(mark) if exc.errno else None
+            msg = f"{self.ifname}: configuring wireguard-go failed: " + (
+                errno_text(exc.errno) if exc.errno else str(exc))
+            raise UapiError(msg + (f" — {why}" if why else ""), exc.errno) from None
+
+    def _socket_owner(self):
+        """PID of the process listening on our UAPI socket, or None if nobody is."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.sock_path)
+            cred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            return struct.unpack("3i", cred)[0]
+        except OSError:
+            return None
+        finally:
+            s.close()
+
+    # --- the wireguard-go process ---------------------------------------------------------
+
+    def _alive(self):
+        if self._proc is not None:
+            return self._proc.poll() is None
+        if self._adopted is not None:
+            try:
+                os.kill(self._adopted, 0)
+                return True
+            except ProcessLookupError:
+                return False
+        return False
+
+    def _ensure_running(self):
+        if self._alive():
+            return
+        self._proc = self._adopted = None
+        owner = self._socket_owner()
+        if owner:
+            # Left by a previous lanmesh run: adopting it keeps its sessions up. The socket
+            # path is shared by all namespaces, so make sure it is ours.
+            if not _same_netns(owner):
+                raise BackendError(f"{self.sock_path} belongs to pid {owner} in another network "
+                                   f"namespace; choose another interface name")
+            self.log.info(f"{self.ifname}: adopting running wireguard-go (pid {owner})")
+            self._adopted = owner
+            return
+        self._start()
+
+    def _start(self):
+        env = dict(os.environ, WG_PROCESS_FOREGROUND="1")
+        try:
+            # Own session: a Ctrl-C meant for the daemon must not kill the tunnel before close().
+            proc = subprocess.Popen([self.program, "-f", self.ifname], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            raise BackendError(f"{self.ifname}: cannot start {self.program}: "
+                               f"{exc.strerror or exc}") from None
+        self._proc = proc
+        self._out.follow(proc)
+        deadline = time.monotonic() + START_TIMEOUT
+        while self._socket_owner() is None:
+            if proc.poll() is not None:
+                self._proc = None
+                self._out.thread.join(1.0)      # so the message can quote its last words
+                raise BackendError(f"{self.ifname}: {self.program} exited ({proc.returncode}): "
+                                   f"{self._out.last() or 'no output'}")
+            if time.monotonic() > deadline:
+                self._stop()
+                raise BackendError(f"{self.ifname}: {self.program} did not open {self.sock_path} "
+                                   f"within {START_TIMEOUT:.0f} s")
+            time.sleep(0.02)
+        self.log.info(f"{self.ifname}: started {self.program} (pid {proc.pid})")
+
+    def _stop(self):
+        pid, proc = self.pid, self._proc
+        self._proc = self._adopted = None
+        if pid is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            if _wait_exit(pid, proc, STOP_TIMEOUT):
+                break
+            self.log.warning(f"{self.ifname}: wireguard-go (pid {pid}) ignored SIGTERM; killing it")
+        if proc is not None:
+            proc.wait()
+        if os.path.exists(self.sock_path) and self._socket_owner() is None:
+            try:
+                os.unlink(self.sock_path)   # left behind by SIGKILL
+            except FileNotFoundError:
+                pass
+
+
+_ROUTINE = ("Failed to send handshake initiation", "did not complete after",
+            "Sending handshake", "Receiving keepalive", "Sending keepalive")
+
+
+class _Output:
+    """wireguard-go's stdout/stderr → the log, with a short tail for error messages."""
+
+    def __init__(self, log):
+        self.log = log
+        self.tail = deque(maxlen=20)
+        self.seq = 0
+        self.cond = threading.Condition()
+
+    def follow(self, proc):
+        self.thread = threading.Thread(target=self._pump, args=(proc,), name="wireguard-go-log",
+                                       daemon=True)
+        self.thread.start()
+
+    def _pump(self, proc):
+        try:
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip()
+                level = "warning" if line.startswith("ERROR") else "info"
+                if any(r in line for r in _ROUTINE):
+                    level = "debug"     # every 5 s per unreachable peer: status shows it anyway
+                getattr(self.log, level)(f"wireguard-go[{proc.pid}]: {line}")
+                with self.cond:
+                    self.seq += 1
+                    self.tail.append((self.seq, line))
+                    self.cond.notify_all()
+        except (OSError, ValueError):
+            pass
+        finally:
+            proc.stdout.close()     # EOF: the process is gone
+
+    def mark(self):
+        with self.cond:
+            return self.seq
+
+    def last(self):
+        with self.cond:
+            return self.tail[-1][1] if self.tail else ""
+
+    def error_since(self, mark, timeout=0.3):
+        """wireguard-go logs why a set failed just before answering errno; wait briefly for it."""
+        def find():
+            return next((t for s, t in reversed(self.tail) if s > mark and "IPC error" in t), None)
+        with self.cond:
+            self.cond.wait_for(find, timeout)
+            line = find()
+        return line.split(": ", 2)[-1] if line else None
+
+
+def _describe(request):
+    out, lines = [], request.split("\n")
+    for i, line in enumerate(lines):
+        key, _, value = line.partition("=")
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if key == "public_key":
+            what = {"remove=true": "removed", "update_only=true": "updated"}.get(nxt, "added")
+            out.append(f"peer {from_hex(value)[:8]}… {what}")
+        elif key == "private_key":
+            out.append("private key set")
+        elif key == "listen_port":
+            out.append(f"listen port set to {value}")
+    return out
+
+
+def _same_netns(pid):
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _wait_exit(pid, proc, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            if proc.poll() is not None:
+                return True
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        time.sleep(0.02)
+    return False

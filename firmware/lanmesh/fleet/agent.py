@@ -1,0 +1,261 @@
+# Node-side fleet runtime: glues the broker session (adapters.mqtt), signature checks
+# (fleet.signing), the pure sync core (fleet.sync) and the daemon's hooks
+# (document, apply_document, links_up, status). Owns no policy of its own: the core
+# decides what to apply, confirm or roll back; this file only carries facts and effects.
+import json
+import time
+
+from .. import aio, __version__
+from ..atomic import write_atomic
+from ..errors import DocumentError, LanmeshError
+from ..ticks import ticks_add, ticks_diff, ticks_ms
+from . import signing, sync, topics
+
+LINK_POLL_MS = 500         # while a change waits for confirmation
+REPORT_EVERY_MS = 30000    # refresh `reported` (links, last seen) this often
+
+
+def _read_last_good(cfg):
+    """(NetworkDocument, envelope bytes) from <state_dir>/last-good.json, verified again
+    with the fleet key; None if absent. A bad file is reported and ignored."""
+    try:
+        with open(cfg.last_good_document, "rb") as f:
+            data = f.read(signing.MAX_ENVELOPE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise DocumentError([f"{cfg.last_good_document}: cannot read: {e.strerror}"]) from None
+    doc = signing.verify_document(data, cfg.fleet["public_key"])
+    if doc.fleet != cfg.fleet["name"]:
+        raise DocumentError([f"{cfg.last_good_document}: document is for fleet {doc.fleet!r}"])
+    return doc, data
+
+
+def load_last_good(cfg, log=None):
+    """The persisted last good fleet document, or None (absent or unusable)."""
+    try:
+        got = _read_last_good(cfg)
+    except LanmeshError as e:
+        if log is not None:
+            log.warning("last good document ignored: %s", e)
+        return None
+    return got[0] if got else None
+
+
+def _digest(envelope_bytes):
+    # Ed25519 signatures are deterministic: the signature names the exact signed document.
+    try:
+        return json.loads(envelope_bytes)["sig"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _version_in(payload):
+    try:
+        v = json.loads(payload)["doc"]["version"]
+        return v if isinstance(v, int) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class FleetAgent:
+    def __init__(self, cfg, daemon, log, keepalive=30, settle_ms=2000,
+                 report_every_ms=REPORT_EVERY_MS, backoff=(1, 30)):
+        self.cfg = cfg
+        self.daemon = daemon
+        self.log = log
+        self.fleet = cfg.fleet
+        self.prefix = self.fleet.get("topic_prefix") or topics.prefix_for(self.fleet["name"])
+        self.keepalive = keepalive
+        self.report_every_ms = report_every_ms
+        self.backoff = backoff
+        self.started = time.time()
+        self.link = None
+        self._closed = False
+        self._probe_mids = set()
+        self._next_report = None
+        self._next_links = None
+        self.core = sync.NodeSync(self.fleet["name"], self._current(), settle_ms=settle_ms)
+
+    def _current(self):
+        """What the daemon runs now, as the core's (version, payload, digest)."""
+        doc = self.daemon.document
+        if doc is None:
+            return None
+        try:
+            good = _read_last_good(self.cfg)
+        except LanmeshError:
+            good = None
+        if good is not None and good[0] == doc:
+            return (doc.version, (doc, good[1]), _digest(good[1]))
+        return (doc.version, (doc, None), None)   # a local, unsigned document
+
+    def state(self):
+        """For `lanmesh status`."""
+        s = self.core.reported()
+        s["connected"] = self.core.connected
+        return s
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self):
+        f = self.fleet
+        from ..adapters.mqtt import MqttLink, read_secret
+        name = self.cfg.name
+        try:
+            password = read_secret(f["password_file"]) if f.get("password_file") else None
+            self.link = MqttLink(f["broker"], "lanmesh-" + name, ca_file=f.get("ca_file"),
+                                 username=f.get("username") or name, password=password,
+                                 cert_file=f.get("cert_file"), key_file=f.get("key_file"),
+                                 will=(topics.state(self.prefix, name), topics.STATE_LOST),
+                                 keepalive=self.keepalive, backoff=self.backoff)
+            self.link.subscribe(topics.net(self.prefix))
+            self.link.subscribe(topics.cmd(self.prefix, name))
+            self.link.start()
+        except LanmeshError as e:
+            # The mesh keeps routing on what it has (DESIGN §2.3); only fleet control is off.
+            self.log.error("fleet: disabled, cannot set up the broker session: %s", e)
+            self.link = None
+            return
+        self.log.info("fleet %s: connecting to %s as %s", f["name"], f["broker"], name)
+        now = ticks_ms()
+        self._next_report = self._next_links = now
+        while not self._closed:
+            ev = await self.link.next_event(self._wait_ms(ticks_ms()))
+            if self._closed:
+                break
+            now = ticks_ms()
+            effects = []
+            if self.core.pending is not None:
+                effects += self._count_links(now)   # fresh counts before anything can confirm
+            if ev is not None:
+                effects += self._on_event(ev, now)
+            effects += self.core.tick(now)
+            self._run_effects(effects, now)
+            if ticks_diff(now, self._next_report) >= 0:
+                self._run_effects(self._count_links(now) + [sync.Report()], now)
+
+    def _wait_ms(self, now):
+        waits = [ticks_diff(self._next_report, now)]
+        d = self.core.next_deadline()
+        if d is not None:
+            waits.append(ticks_diff(d, now))
+        if self.core.pending is not None:
+            waits.append(ticks_diff(self._next_links, now))
+        return max(0, min(waits))
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        if self.link is not None:
+            self.link.close(final=(topics.state(self.prefix, self.cfg.name), topics.STATE_OFFLINE))
+            self.link.wake()
+
+    # -- facts in -------------------------------------------------------------------------
+    def _on_event(self, ev, now):
+        from ..adapters import mqtt
+        kind = ev[0]
+        if kind == mqtt.CONNECTED:
+            self.log.info("fleet: broker connected")
+            self.link.publish(topics.state(self.prefix, self.cfg.name), topics.STATE_ONLINE,
+                              qos=1, retain=True)
+            return self.core.handle(sync.BrokerConnected(), now)
+        if kind == mqtt.LOST:
+            self.log.warning("fleet: broker connection lost (%s); retrying with backoff", ev[1])
+            return self.core.handle(sync.BrokerLost(), now)
+        if kind == mqtt.ACKED:
+            if ev[1] in self._probe_mids:
+                self._probe_mids.discard(ev[1])
+                return self.core.handle(sync.BrokerAcked(), now)
+            return []
+        topic, payload = ev[1], ev[2]
+        if topic == topics.net(self.prefix):
+            return self._on_document(payload, now)
+        parsed = topics.parse_node_topic(self.prefix, topic)
+        if parsed and parsed[1].startswith("cmd/"):
+            # Signed commands arrive in a later issue; answer so the operator is not left waiting.
+            cid = parsed[1][4:]
+            self.link.publish(topics.resp(self.prefix, self.cfg.name, cid), json.dumps(
+                {"ok": False, "error": "commands are not supported by this node yet"}), qos=1)
+        return []
+
+    def _on_document(self, payload, now):
+        if not payload:
+            return []    # retained document cleared by the operator: nothing to do
+        try:
+            doc = signing.verify_document(payload, self.fleet["public_key"])
+        except signing.SignatureError as e:
+            return self._refused(str(e), None, now)
+        except DocumentError as e:
+            return self._refused("invalid document: " + "; ".join(e.problems[:5]),
+                                 _version_in(payload), now)
+        digest = _digest(payload)
+        effects = self._count_links(now)
+        return effects + self.core.handle(sync.DocumentArrived(
+            doc.fleet, doc.version, (doc, bytes(payload)), digest,
+            doc.settings["confirm_window"] * 1000), now)
+
+    def _refused(self, reason, version, now):
+        self.log.warning("fleet: network document rejected, nothing changed: %s", reason)
+        return self.core.handle(sync.DocumentRefused(reason, version), now)
+
+    def _count_links(self, now):
+        self._next_links = ticks_add(now, LINK_POLL_MS)
+        try:
+            up, total = self.daemon.links_up()
+        except LanmeshError:
+            return []
+        return self.core.handle(sync.LinksCounted(up, total), now)
+
+    # -- effects out ----------------------------------------------------------------------
+    def _run_effects(self, effects, now):
+        while effects:
+            e = effects.pop(0)
+            t = type(e)
+            if t is sync.Apply:
+                effects += self._apply(e, now)
+            elif t is sync.RollBack:
+                self.log.warning("fleet: rolling back to v%s: %s", e.version, e.reason)
+                try:
+                    self.daemon.apply_document(e.payload[0])
+                except LanmeshError as err:
+                    self.log.error("fleet: rollback failed: %s", err)
+                    effects += self.core.handle(sync.RollbackFailed(str(err)), now)
+            elif t is sync.SaveLastGood:
+                write_atomic(self.cfg.last_good_document, e.payload[1], mode=0o600)
+                self.log.info("fleet: v%d confirmed and saved as last good", e.version)
+            elif t is sync.Report:
+                self._report(now)
+
+    def _apply(self, e, now):
+        self.log.info("fleet: applying v%d (commit-confirmed)", e.version)
+        try:
+            self.daemon.apply_document(e.payload[0])
+        except LanmeshError as err:
+            self.log.error("fleet: apply of v%d failed, previous state kept: %s", e.version, err)
+            return self.core.handle(sync.ApplyFailed(e.version, str(err)), now)
+        return self.core.handle(sync.ApplySucceeded(e.version), now)
+
+    def reported(self):
+        r = {"node": self.cfg.name, "fleet": self.fleet["name"], "time": int(time.time()),
+             "software": __version__, "uptime": int(time.time() - self.started)}
+        r.update(self.core.reported())
+        try:
+            st = self.daemon.status()
+        except LanmeshError as err:
+            st = {"error": str(err)}
+        r["links"] = st.get("links", [])
+        r["routes"] = st.get("routes", [])
+        r["links_up"] = list(self.core.links)
+        return r
+
+    def _report(self, now):
+        self._next_report = ticks_add(now, self.report_every_ms)
+        if self.link is None:
+            return
+        mid = self.link.publish(topics.reported(self.prefix, self.cfg.name),
+                                json.dumps(self.reported(), separators=(",", ":")),
+                                qos=1, retain=True)
+        p = self.core.pending
+        if p is not None and p.applied_at is not None:
+            self._probe_mids.add(mid)   # its PUBACK proves the broker is reachable after apply

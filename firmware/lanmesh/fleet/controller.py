@@ -1,0 +1,236 @@
+# The operator's side: a fleet directory (signing key, registry, controller broker
+# password), publishing the next signed document retained on `net`, and reading every
+# node's retained `state` and `reported` back into one status view.
+import json
+import os
+import threading
+import time
+
+from ..atomic import write_atomic
+from ..errors import LanmeshError
+from . import registry, signing, topics
+from .brokerconf import new_password
+
+BROKER_KEYS = ("broker", "ca_file", "username", "password_file")
+
+
+def default_dir(fleet):
+    return os.path.join(os.path.expanduser("~"), ".lanmesh", fleet)
+
+
+class FleetDir:
+    """<dir>/registry.sqlite, signing.key (0600), signing.pub, controller.pass (0600)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.registry_path = os.path.join(path, "registry.sqlite")
+        self.key_path = os.path.join(path, "signing.key")
+        self.pub_path = os.path.join(path, "signing.pub")
+        self.password_path = os.path.join(path, "controller.pass")
+        self.broker_dir = os.path.join(path, "broker")
+        self._reg = None
+
+    @classmethod
+    def init(cls, path, fleet, overlay4=registry.DEFAULT_OVERLAY4, overlay6=None, **broker):
+        fd = cls(path)
+        if os.path.exists(fd.registry_path) or os.path.exists(fd.key_path):
+            raise LanmeshError(f"{path}: fleet already initialised (remove it to start over)")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        reg = registry.Registry.create(fd.registry_path, fleet, overlay4, overlay6)
+        key = signing.generate_key()
+        signing.write_key(fd.key_path, key)
+        write_atomic(fd.pub_path, signing.public_key(key) + "\n")
+        write_atomic(fd.password_path, new_password() + "\n", mode=0o600)
+        reg.set("topic_prefix", topics.prefix_for(fleet))
+        for k, v in broker.items():
+            if k in BROKER_KEYS and v:
+                reg.set(k, os.path.abspath(v) if k.endswith("_file") else v)
+        fd._reg = reg
+        return fd
+
+    @property
+    def registry(self):
+        if self._reg is None:
+            self._reg = registry.Registry.open(self.registry_path)
+        return self._reg
+
+    def public_key(self):
+        return signing.read_public_key(self.pub_path)
+
+    def broker_options(self, **overrides):
+        """Stored broker settings with command-line overrides; controller defaults."""
+        reg = self.registry
+        o = {k: reg.get(k) for k in BROKER_KEYS}
+        o.update({k: v for k, v in overrides.items() if v})
+        o["username"] = o.get("username") or registry.CONTROLLER_USER
+        o["password_file"] = o.get("password_file") or self.password_path
+        if not o.get("broker"):
+            raise LanmeshError("no broker: pass --broker mqtts://host:port "
+                               "(or set it once with `fleet init --broker`)")
+        return o
+
+    def prefix(self):
+        return self.registry.get("topic_prefix") or topics.prefix_for(self.registry.fleet)
+
+
+class BrokerSession:
+    """A short blocking session for the CLI (the node side uses adapters.mqtt.MqttLink)."""
+
+    def __init__(self, opts, client_id=None, timeout=10.0):
+        from ..adapters.mqtt import make_client, read_secret
+        pw = read_secret(opts["password_file"]) if opts.get("password_file") else None
+        cid = client_id or "lanmesh-ctl-" + os.urandom(4).hex()
+        self.client = make_client(opts["broker"], cid, ca_file=opts.get("ca_file"),
+                                  username=opts.get("username"), password=pw)
+        self.url = opts["broker"]
+        self.timeout = timeout
+        self.messages = {}          # topic → payload (last one wins)
+        self.changed = threading.Event()
+        self._connected = threading.Event()
+        self._refused = None
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, rc, props):
+        if rc.is_failure:
+            self._refused = str(rc)
+        self._connected.set()
+
+    def _on_message(self, client, userdata, msg):
+        self.messages[msg.topic] = msg.payload
+        self.changed.set()
+
+    def __enter__(self):
+        host, port = self.client._lanmesh_addr
+        try:
+            self.client.connect(host, port, keepalive=30)
+        except (OSError, ValueError) as e:
+            raise LanmeshError(f"broker {self.url}: {e}") from None
+        self.client.loop_start()
+        if not self._connected.wait(self.timeout):
+            self.close()
+            raise LanmeshError(f"broker {self.url}: no answer within {self.timeout:.0f}s")
+        if self._refused:
+            self.close()
+            raise LanmeshError(f"broker {self.url}: connection refused: {self._refused}")
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic, payload, retain=False):
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        try:
+            info.wait_for_publish(self.timeout)
+        except (RuntimeError, ValueError) as e:
+            raise LanmeshError(f"broker {self.url}: publish to {topic} failed: {e}") from None
+        if not info.is_published():
+            raise LanmeshError(f"broker {self.url}: publish to {topic} was not acknowledged")
+
+    def gather(self, subscriptions, quiet=0.5, limit=3.0):
+        """Subscribe and collect retained messages until `quiet` seconds pass without one."""
+        for t in subscriptions:
+            self.client.subscribe(t, 1)
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            self.changed.clear()
+            if not self.changed.wait(quiet):
+                break
+        return self.messages
+
+
+def prepare(fd):
+    """(doc, envelope bytes, diff lines, last published doc or None) for the next version."""
+    reg = fd.registry
+    doc = reg.next_document()
+    last = reg.last_published()
+    old = json.loads(last[1])["doc"] if last else None
+    env = signing.envelope_bytes(signing.sign(doc, signing.read_key(fd.key_path)))
+    return doc, env, registry.diff(old, doc), old
+
+
+def publish(fd, envelope, version, opts):
+    with BrokerSession(opts) as s:
+        s.publish(topics.net(fd.prefix()), envelope, retain=True)
+    fd.registry.record_published(version, envelope)
+
+
+def collect_status(fd, opts, session=None, quiet=0.5):
+    """Rows for `fleet status`, one per registered node (plus unknown reporters)."""
+    prefix = fd.prefix()
+    if session is None:
+        with BrokerSession(opts) as s:
+            msgs = dict(s.gather([topics.all_states(prefix), topics.all_reported(prefix)], quiet))
+    else:
+        msgs = dict(session.messages)
+    return status_rows(fd, msgs, time.time())
+
+
+def status_rows(fd, msgs, now):
+    prefix = fd.prefix()
+    last = fd.registry.last_published()
+    published = last[0] if last else None
+    seen = {}
+    for topic, payload in msgs.items():
+        parsed = topics.parse_node_topic(prefix, topic)
+        if parsed and parsed[1] in ("state", "reported"):
+            seen.setdefault(parsed[0], {})[parsed[1]] = payload
+    names = [n["name"] for n in fd.registry.nodes()]
+    rows = []
+    for name in names + sorted(set(seen) - set(names)):
+        got = seen.get(name, {})
+        try:
+            rep = json.loads(got.get("reported") or b"null") or {}
+        except ValueError:
+            rep = {"error": "unreadable reported JSON"}
+        rb = rep.get("rollback")
+        up = rep.get("links_up") or [None, None]
+        rows.append({
+            "node": name, "registered": name in names,
+            "state": (got.get("state") or b"never seen").decode(errors="replace"),
+            "applied_version": rep.get("applied_version"),
+            "pending_version": rep.get("pending_version"),
+            "rollback": rb,
+            "rejected": rep.get("rejected", []),
+            "links_up": up[0], "links_total": up[1],
+            "last_seen": round(now - rep["time"], 1) if isinstance(rep.get("time"), (int, float)) else None,
+            "published_version": published,
+        })
+    return rows
+
+
+def format_table(rows):
+    head = ("NODE", "STATE", "APPLIED", "PENDING/ROLLED BACK", "LINKS", "LAST SEEN")
+    out = [head]
+    for r in rows:
+        applied = "-" if r["applied_version"] is None else f"v{r['applied_version']}"
+        if r["published_version"] and r["applied_version"] != r["published_version"]:
+            applied += f" (published v{r['published_version']})"
+        note = "-"
+        if r["pending_version"] is not None:
+            note = f"pending v{r['pending_version']}"
+        elif r["rollback"]:
+            note = f"rolled back v{r['rollback']['version']}: {r['rollback']['reason']}"
+        elif r["rejected"]:
+            note = f"rejected: {r['rejected'][-1]['reason']}"
+        if not r["registered"]:
+            note = "NOT IN REGISTRY; " + note
+        links = "-" if r["links_total"] is None else f"{r['links_up']}/{r['links_total']} up"
+        seen = "-" if r["last_seen"] is None else _age(r["last_seen"])
+        out.append((r["node"], r["state"], applied, note, links, seen))
+    widths = [max(len(row[i]) for row in out) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1]
+                     for row in out)
+
+
+def _age(s):
+    s = max(0, s)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.0f}h ago"

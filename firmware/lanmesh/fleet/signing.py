@@ -1,0 +1,141 @@
+# Fleet signing (DESIGN §2.4, FORMATS "Signed envelope"): the fleet's Ed25519 key, the
+# envelope {"doc": {...}, "sig": "<base64 Ed25519 over canonical(doc)>"}, and verification
+# that says *why* a payload is refused. CPython side: the node's pure sync core only ever
+# sees documents that passed through verify_envelope().
+import base64
+import binascii
+import json
+import os
+import stat
+
+from ..atomic import write_atomic
+from ..errors import DocumentError, LanmeshError
+from .. import netdoc
+
+# The envelope adds the signature and a few bytes of JSON to the document.
+MAX_ENVELOPE_BYTES = netdoc.MAX_DOC_BYTES
+
+
+class SignatureError(LanmeshError):
+    """A signed payload is malformed, or its signature does not verify."""
+
+
+def _b64_32(text, what):
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError, AttributeError):
+        raw = b""
+    if len(raw) != 32:
+        raise SignatureError(f"{what}: not an Ed25519 key (base64 of 32 bytes)")
+    return raw
+
+
+def generate_key():
+    """A new Ed25519 private key as base64 of its 32-byte seed."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives import serialization as s
+    seed = Ed25519PrivateKey.generate().private_bytes(s.Encoding.Raw, s.PrivateFormat.Raw,
+                                                      s.NoEncryption())
+    return base64.b64encode(seed).decode()
+
+
+def _private(key_b64):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    return Ed25519PrivateKey.from_private_bytes(_b64_32(key_b64, "signing key"))
+
+
+def public_key(key_b64):
+    """Private seed (base64) → public key (base64 of the 32 raw bytes), as node configs hold it."""
+    from cryptography.hazmat.primitives import serialization as s
+    raw = _private(key_b64).public_key().public_bytes(s.Encoding.Raw, s.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def write_key(path, key_b64):
+    write_atomic(path, key_b64 + "\n", mode=0o600)
+
+
+def read_key(path):
+    """Read a private signing key; refused when others can read it (like ssh)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SignatureError(f"{path}: signing key not found") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SignatureError(f"{path}: signing key is readable by others "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
+    with open(path) as f:
+        text = f.read().strip()
+    _b64_32(text, path)
+    return text
+
+
+def read_public_key(text_or_path):
+    """A public key given inline (base64) or as a file holding it."""
+    text = text_or_path
+    if not _looks_like_key(text) and os.path.exists(text_or_path):
+        with open(text_or_path) as f:
+            text = f.read().strip()
+    _b64_32(text, "public key")
+    return text.strip()
+
+
+def _looks_like_key(text):
+    try:
+        return len(base64.b64decode(text.strip(), validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def sign(doc, key_b64):
+    """doc dict → envelope dict. The doc is signed as netdoc.canonical() gives it."""
+    sig = _private(key_b64).sign(netdoc.canonical(doc))
+    return {"doc": doc, "sig": base64.b64encode(sig).decode()}
+
+
+def envelope_bytes(envelope):
+    """The bytes published on `net` and stored as last-good: canonical JSON too."""
+    return netdoc.canonical(envelope)
+
+
+def open_envelope(data, pubkey_b64, limit=MAX_ENVELOPE_BYTES):
+    """bytes → doc dict whose signature verifies; SignatureError with the reason otherwise.
+    The doc is not validated here (see verify_document)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if len(data) > limit:
+        raise SignatureError(f"payload of {len(data)} bytes is over the {limit}-byte limit")
+    try:
+        env = json.loads(bytes(data).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SignatureError("payload is not UTF-8") from None
+    except ValueError as e:
+        raise SignatureError(f"payload is not valid JSON: {e}") from None
+    if not isinstance(env, dict) or set(env) != {"doc", "sig"}:
+        raise SignatureError('payload is not a signed envelope {"doc": ..., "sig": ...}')
+    if not isinstance(env["doc"], dict):
+        raise SignatureError("envelope: doc must be a JSON object")
+    try:
+        sig = base64.b64decode(env["sig"], validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        sig = b""
+    if len(sig) != 64:
+        raise SignatureError("envelope: sig is not a base64 Ed25519 signature (64 bytes)")
+    pub = Ed25519PublicKey.from_public_bytes(_b64_32(pubkey_b64, "fleet public key"))
+    try:
+        pub.verify(sig, netdoc.canonical(env["doc"]))
+    except InvalidSignature:
+        raise SignatureError("signature does not verify with the fleet key "
+                             "(tampered, or signed by another key)") from None
+    return env["doc"]
+
+
+def verify_document(data, pubkey_b64, limit=MAX_ENVELOPE_BYTES):
+    """bytes → NetworkDocument: signature first, then validation.
+    Raises SignatureError or DocumentError; the message is the reason to report."""
+    doc = open_envelope(data, pubkey_b64, limit)
+    problems = netdoc.validate(doc)
+    if problems:
+        raise DocumentError(problems)
+    return netdoc.NetworkDocument(doc)

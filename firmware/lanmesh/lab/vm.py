@@ -1,0 +1,184 @@
+# Run a command on a real Linux kernel with WireGuard, under qemu (KERNEL-VM.md). The test
+# machines' own kernel has no WireGuard module; Debian's has. The guest sees the host's root
+# read-only (checkout, venv, ip, wg, nft are all there) and writes only to tmpfs /run, /tmp
+# or to the writable shares asked for. qemu exits 0 whatever the guest did, so the guest's
+# /init prints a marker with the exit status and we read it from the serial console.
+#
+#   run_in_vm(["python", "-c", "print(1)"], env={"X": "1"}, timeout=300) -> VmResult
+#   python -m lanmesh.lab.vm [--timeout S] [--rw DIR] -- <cmd…>
+import os
+import re
+import selectors
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import vm_image
+
+QEMU = "qemu-system-x86_64"
+_EXIT = re.compile(r"LANMESH-VM-EXIT=(\d+)")
+_START = "LANMESH-VM-START"
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class VmResult:
+    __slots__ = ("returncode", "output", "wall_seconds", "boot_seconds", "console", "timed_out")
+
+    def __init__(self, returncode, output, wall_seconds, boot_seconds=None, console="",
+                 timed_out=False):
+        self.returncode = returncode      # the guest command's exit status; None if it never ended
+        self.output = output              # what the command printed (console between markers)
+        self.wall_seconds = wall_seconds  # qemu start → qemu exit
+        self.boot_seconds = boot_seconds  # qemu start → command start (None if never started)
+        self.console = console            # the whole console, kernel messages included
+        self.timed_out = timed_out
+
+    def __repr__(self):
+        return (f"VmResult(rc={self.returncode}, wall={self.wall_seconds:.1f}s, "
+                f"boot={self.boot_seconds}, timed_out={self.timed_out})")
+
+
+def vm_unavailable_reason():
+    """None when run_in_vm can work here; otherwise why not (tests skip with it)."""
+    if not shutil.which(QEMU):
+        return f"{QEMU} not installed (apt-get install --no-install-recommends qemu-system-x86)"
+    try:
+        devs = subprocess.run([QEMU, "-M", "microvm", "-device", "help"], capture_output=True,
+                              text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{QEMU} does not start: {e}"
+    if "virtio-9p-device" not in devs:
+        return f"{QEMU} has no virtio-9p-device (needed to share the host root)"
+    try:
+        img = vm_image.image_for()
+    except vm_image.ImageError as e:
+        return str(e)
+    if img.exists():
+        return None
+    for tool in ("apt-get", "dpkg-deb", "depmod", "modprobe"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            return f"no cached VM image and `{tool}` is missing to build one"
+    if not os.path.exists(vm_image.BUSYBOX):
+        return "busybox-static is not installed (apt-get install --no-install-recommends busybox-static)"
+    return None
+
+
+def run_in_vm(cmd, timeout=300, env=None, cwd=None, rw=(), memory_mb=1024, cpus=2,
+              modules=vm_image.DEFAULT_MODULES, stream=None, log=None):
+    """Boot the VM, run `cmd` (argv list or shell script text) as root, power off.
+
+    env: extra environment; cwd: working directory (default /tmp); rw: host directories
+    the guest may write, mounted at the same path; stream: a file to copy the console to
+    as it arrives. Builds/downloads the image on first use (cached afterwards).
+    """
+    img = vm_image.ensure_image(modules=modules, log=log or _stderr_log)
+    job = tempfile.mkdtemp(prefix="lanmesh-vm-job-")
+    try:
+        with open(os.path.join(job, "cmd.sh"), "w") as f:
+            f.write(_cmd_script(cmd, env, cwd))
+        argv = _qemu_argv(img, job, rw, memory_mb, cpus)
+        if rw:
+            with open(os.path.join(job, "setup.sh"), "w") as f:
+                f.write("".join(
+                    f"mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none "
+                    f"rw{i} /host{shlex.quote(os.path.abspath(p))} || fail 'cannot mount {p}'\n"
+                    for i, p in enumerate(rw)))
+        return _boot(argv, timeout, stream)
+    finally:
+        shutil.rmtree(job, ignore_errors=True)
+
+
+def _cmd_script(cmd, env, cwd):
+    lines = ["#!/bin/sh", f"export PATH={_PATH} HOME=/tmp PYTHONDONTWRITEBYTECODE=1 WG_COLOR_MODE=never"]
+    lines += [f"export {k}={shlex.quote(str(v))}" for k, v in (env or {}).items()]
+    lines.append(f"cd {shlex.quote(cwd or '/tmp')} || exit 126")
+    lines.append("exec " + shlex.join(cmd) if isinstance(cmd, (list, tuple)) else cmd)
+    return "\n".join(lines) + "\n"
+
+
+def _qemu_argv(img, job, rw, memory_mb, cpus):
+    argv = [QEMU, "-accel", "tcg", "-cpu", "qemu64", "-M", "microvm", "-m", str(memory_mb),
+            "-smp", str(cpus), "-display", "none", "-monitor", "none", "-serial", "stdio",
+            "-no-reboot", "-kernel", img.vmlinux, "-initrd", img.initrd,
+            "-fsdev", "local,id=fs0,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device", "virtio-9p-device,fsdev=fs0,mount_tag=hostroot"]
+    for i, path in enumerate(rw):
+        argv += ["-fsdev", f"local,id=rw{i},path={os.path.abspath(path)},security_model=none",
+                 "-device", f"virtio-9p-device,fsdev=rw{i},mount_tag=rw{i}"]
+    # quiet + loglevel: kernel chatter stays out of the command's output
+    argv += ["-append", f"console=ttyS0 panic=-1 quiet loglevel=3 lanmesh.job={job}"]
+    return argv
+
+
+def _boot(argv, timeout, stream):
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    chunks, boot, timed_out = [], None, False
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        while True:
+            left = t0 + timeout - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            if not sel.select(min(left, 1.0)):
+                continue
+            data = os.read(proc.stdout.fileno(), 65536)
+            if not data:
+                break
+            text = data.decode("utf-8", "replace").replace("\r", "")
+            chunks.append(text)
+            if stream is not None:
+                stream.write(text)
+                stream.flush()
+            if boot is None and _START in text:
+                boot = time.monotonic() - t0
+    finally:
+        sel.close()
+        if proc.poll() is None:
+            proc.kill()         # our own qemu, by its Popen handle
+        proc.wait()
+        proc.stdout.close()
+    wall = time.monotonic() - t0
+    console = "".join(chunks)
+    m = _EXIT.search(console)
+    start = console.find(_START)
+    output = console[start + len(_START) + 1:m.start() if m else len(console)] if start >= 0 else ""
+    return VmResult(int(m.group(1)) if m else None, output, wall, boot, console, timed_out)
+
+
+def _stderr_log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m lanmesh.lab.vm",
+                                 description="Run a command on a WireGuard-capable kernel under qemu.")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--rw", action="append", default=[], help="host dir the guest may write")
+    ap.add_argument("--cwd", default=os.getcwd())
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    if not cmd:
+        ap.error("give a command after --")
+    reason = vm_unavailable_reason()
+    if reason:
+        _stderr_log(f"lanmesh-vm: cannot run: {reason}")
+        return 2
+    env = dict(kv.split("=", 1) for kv in a.env)
+    res = run_in_vm(cmd, timeout=a.timeout, env=env, cwd=a.cwd, rw=a.rw, stream=sys.stdout)
+    _stderr_log(f"lanmesh-vm: exit {res.returncode}, boot {res.boot_seconds or 0:.1f} s, "
+                f"wall {res.wall_seconds:.1f} s{' (timed out)' if res.timed_out else ''}")
+    return 124 if res.returncode is None else res.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

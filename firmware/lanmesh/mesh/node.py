@@ -1,0 +1,336 @@
+# One node's mesh routing: link monitors for every peer, the link-state database and its
+# flooding, and the routing plan computed from it. Pure: facts and `now` in, effects out.
+#
+#   node = MeshNode("hq", doc["nodes"], doc["settings"])
+#   effects = node.handle(MessageReceived("branch", data), now)   # or DocumentChanged(...)
+#   effects = node.tick(now)          # when now reaches node.next_deadline()
+# Effects: SendMessage(peer, data) - UDP to the peer's pinned probe address, inside the tunnel;
+#          RoutesChanged(plan)       - new allowed IPs per peer (plan.Plan);
+#          LinkChanged(peer, up, rtt_ms, cost) - for the log.
+from ..ticks import ticks_add, ticks_diff, ticks_min
+from . import wire
+from .links import Link, DEFAULT_INTERVAL_MS
+from .lsdb import Lsdb, REFRESH_MS, MAX_AGE_MS, NEWER, OLDER, OWN
+from .paths import shortest_paths
+from .plan import node_facts, make_plan
+
+SPF_DELAY_MS = 10       # batch the LSAs of one event (both ends of a link) into one computation
+SYNC_AFTER_MS = 1000    # neighbours whose DB digest differs this long get a summary
+SYNC_BACKOFF_MAX_MS = 16000
+
+
+class MessageReceived:
+    __slots__ = ("from_peer", "data")
+
+    def __init__(self, from_peer, data):
+        self.from_peer = from_peer      # peer name, from the pinned source address
+        self.data = data
+
+
+class DocumentChanged:
+    __slots__ = ("nodes", "settings")
+
+    def __init__(self, nodes, settings=None):
+        self.nodes = nodes
+        self.settings = settings
+
+
+class SendMessage:
+    __slots__ = ("peer", "data")
+
+    def __init__(self, peer, data):
+        self.peer = peer
+        self.data = data
+
+    def __repr__(self):
+        return "SendMessage(%s, %d bytes)" % (self.peer, len(self.data))
+
+
+class RoutesChanged:
+    __slots__ = ("plan",)
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def __repr__(self):
+        return "RoutesChanged(%r)" % (self.plan,)
+
+
+class LinkChanged:
+    __slots__ = ("peer", "up", "rtt_ms", "cost")
+
+    def __init__(self, peer, up, rtt_ms, cost):
+        self.peer = peer
+        self.up = up
+        self.rtt_ms = rtt_ms
+        self.cost = cost
+
+    def __repr__(self):
+        return "LinkChanged(%s, up=%s, rtt=%s, cost=%s)" % (self.peer, self.up, self.rtt_ms, self.cost)
+
+
+def _salt(a, b):
+    h = 0x811C9DC5
+    for c in (a + "/" + b).encode():
+        h = ((h ^ c) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+class MeshNode:
+    def __init__(self, name, doc_nodes, settings=None, refresh_ms=REFRESH_MS, max_age_ms=MAX_AGE_MS):
+        self.name = name
+        self.refresh_ms = refresh_ms
+        self.lsdb = Lsdb(name, max_age_ms)
+        self.links = {}                 # peer -> Link
+        self.nodes = {}                 # name -> node facts (plan.node_facts)
+        self.interval = DEFAULT_INTERVAL_MS
+        self.seq = 0
+        self.adjacent = set()           # peers whose link we advertise as up
+        self.plan = None
+        self.counters = {"malformed": 0, "bad_sender": 0, "unknown_origin": 0,
+                         "rx_msgs": 0, "rx_bytes": 0, "tx_msgs": 0, "tx_bytes": 0, "spf_runs": 0}
+        self._now = None
+        self._pending_doc = (doc_nodes, settings)
+        self._dirty_at = None           # routes need recomputing from this tick on
+        self._refresh_at = None
+        self._mismatch = {}             # peer -> tick its digest was first seen differing
+        self._sync_at = {}              # peer -> earliest next summary
+        self._backoff = {}
+
+    # ---- the three verbs --------------------------------------------------------------------
+    def handle(self, fact, now):
+        out = self._start(now)
+        if isinstance(fact, MessageReceived):
+            self._message(fact.from_peer, fact.data, now, out)
+        elif isinstance(fact, DocumentChanged):
+            self._document(fact.nodes, fact.settings, now, out)
+        else:
+            raise TypeError("unknown fact %r" % (fact,))
+        self._settle_links(now, out)
+        return self._count(out)
+
+    def tick(self, now):
+        out = self._start(now)
+        for peer in sorted(self.links):
+            seq = self.links[peer].tick(now)
+            if seq is not None:
+                out.append(SendMessage(peer, wire.encode_probe(self.name, seq, self.lsdb.digest())))
+        self._settle_links(now, out)
+        if self.lsdb.expire(now):
+            self._dirty(now)
+        if ticks_diff(now, self._refresh_at) >= 0:
+            self._originate(now, out)
+        for peer in sorted(self._mismatch):
+            if peer in self.adjacent and ticks_diff(now, self._sync_due(peer)) >= 0:
+                self._send_summary(peer, now, out)
+        if self._dirty_at is not None and ticks_diff(now, self._dirty_at) >= 0:
+            self._compute(out)
+        return self._count(out)
+
+    def next_deadline(self):
+        if self._now is None:
+            return None
+        d = ticks_min(self._dirty_at, self._refresh_at)
+        for link in self.links.values():
+            d = ticks_min(d, link.next_deadline())
+        d = ticks_min(d, self.lsdb.next_deadline())
+        for peer in self._mismatch:
+            if peer in self.adjacent:
+                d = ticks_min(d, self._sync_due(peer))
+        return d
+
+    def status(self):
+        links = {}
+        for peer in sorted(self.links):
+            l = self.links[peer]
+            links[peer] = {"up": l.up, "rtt_ms": l.rtt_ms(), "loss_pct": l.loss_pct(),
+                           "cost": l.cost, "flaps": l.flaps}
+        plan = self.plan
+        return {"links": links,
+                "routes": dict(plan.routes) if plan else {},
+                "next_hops": dict(plan.next_hops) if plan else {},
+                "lsdb": {o: self.lsdb.get(o).seq for o in self.lsdb.origins()},
+                "counters": dict(self.counters)}
+
+    # ---- facts ------------------------------------------------------------------------------
+    def _start(self, now):
+        self._now = now
+        out = []
+        if self._pending_doc is not None:
+            nodes, settings = self._pending_doc
+            self._pending_doc = None
+            self._refresh_at = now
+            self._document(nodes, settings, now, out)
+        return out
+
+    def _document(self, doc_nodes, settings, now, out):
+        facts = [node_facts(n) for n in doc_nodes]
+        self.nodes = {f[0]: f for f in facts}
+        if settings and settings.get("probe_interval_ms"):
+            self.interval = int(settings["probe_interval_ms"])
+        for peer in sorted(self.nodes):
+            if peer == self.name:
+                continue
+            if peer not in self.links:
+                self.links[peer] = Link(peer, now, self.interval, _salt(self.name, peer))
+            else:
+                self.links[peer].set_interval(self.interval)
+        for peer in [p for p in self.links if p not in self.nodes]:
+            del self.links[peer]
+            self._forget(peer)
+        for origin in self.lsdb.origins():
+            if origin not in self.nodes:
+                self.lsdb.remove(origin)
+        if self.adjacent - set(self.links):
+            self.adjacent &= set(self.links)
+            self._originate(now, out)
+        self._dirty(now)
+
+    def _forget(self, peer):
+        for d in (self._mismatch, self._sync_at, self._backoff):
+            d.pop(peer, None)
+
+    def _message(self, peer, data, now, out):
+        self.counters["rx_msgs"] += 1
+        self.counters["rx_bytes"] += len(data)
+        try:
+            m = wire.decode(data)
+        except wire.WireError:
+            self.counters["malformed"] += 1
+            return
+        if m.sender != peer or peer not in self.links:
+            self.counters["bad_sender"] += 1
+            return
+        if m.type == wire.PROBE:
+            out.append(SendMessage(peer, wire.encode_ack(self.name, m.seq, self.lsdb.digest())))
+            self._digest_seen(peer, m.digest, now)
+        elif m.type == wire.ACK:
+            self.links[peer].acked(m.seq, now)
+            self._digest_seen(peer, m.digest, now)
+        elif m.type == wire.LSAS:
+            self._lsas(peer, m.lsas, now, out)
+        elif m.type == wire.SUMMARY:
+            self._summary(peer, m.entries, now, out)
+        elif m.type == wire.REQUEST:
+            have = [o for o in m.origins if self.lsdb.get(o) is not None]
+            self._send_lsas(peer, have, now, out)
+
+    def _lsas(self, peer, lsas, now, out):
+        forward = {}                    # neighbour -> [origin]
+        back = []
+        for lsa in lsas:
+            if lsa.origin not in self.nodes:
+                self.counters["unknown_origin"] += 1
+                continue
+            verdict = self.lsdb.consider(lsa, now)
+            if verdict == NEWER:
+                self._dirty(now)
+                for n in self.adjacent:
+                    # the origin already sent it to every neighbour it lists
+                    if n == peer or n == lsa.origin or (peer == lsa.origin and n in lsa.links):
+                        continue
+                    forward.setdefault(n, []).append(lsa.origin)
+            elif verdict == OLDER:
+                back.append(lsa.origin)
+            elif verdict == OWN:
+                self.seq = lsa.seq     # a pre-restart copy of ours: jump past it
+                self._originate(now, out)
+        for n in sorted(forward):
+            self._send_lsas(n, forward[n], now, out)
+        if back:
+            self._send_lsas(peer, back, now, out)
+
+    def _summary(self, peer, entries, now, out):
+        theirs = {}
+        for origin, seq in entries:
+            theirs[origin] = seq
+        want, give = [], []
+        for origin in sorted(theirs):
+            mine = self.lsdb.get(origin)
+            if origin in self.nodes and (mine is None or mine.seq < theirs[origin]):
+                want.append(origin)
+        for origin in self.lsdb.origins():
+            if origin not in theirs or theirs[origin] < self.lsdb.get(origin).seq:
+                give.append(origin)
+        self._send_lsas(peer, give, now, out)
+        for data in wire.encode_request(self.name, want) if want else ():
+            out.append(SendMessage(peer, data))
+
+    def _digest_seen(self, peer, digest, now):
+        if digest == self.lsdb.digest():
+            self._forget(peer)
+        elif peer not in self._mismatch:
+            self._mismatch[peer] = now
+
+    def _sync_due(self, peer):
+        due = ticks_add(self._mismatch[peer], SYNC_AFTER_MS)
+        at = self._sync_at.get(peer)
+        return due if at is None or ticks_diff(due, at) >= 0 else at
+
+    def _send_summary(self, peer, now, out):
+        for data in wire.encode_summary(self.name, self.lsdb.summary()):
+            out.append(SendMessage(peer, data))
+        back = self._backoff.get(peer, SYNC_AFTER_MS)
+        self._sync_at[peer] = ticks_add(now, back)
+        self._backoff[peer] = min(SYNC_BACKOFF_MAX_MS, back * 2)
+        self._mismatch[peer] = now
+
+    # ---- our own LSA, flooding, routes ------------------------------------------------------
+    def _settle_links(self, now, out):
+        changed = False
+        came_up = []
+        for peer in sorted(self.links):
+            l = self.links[peer]
+            if not l.take_change():
+                continue
+            changed = True
+            out.append(LinkChanged(peer, l.up, l.rtt_ms(), l.cost))
+            if l.up and peer not in self.adjacent:
+                self.adjacent.add(peer)
+                came_up.append(peer)
+            elif not l.up:
+                self.adjacent.discard(peer)
+                self._forget(peer)
+        if changed:
+            self._originate(now, out)
+        for peer in came_up:            # a new neighbour gets our whole database
+            self._send_lsas(peer, [o for o in self.lsdb.origins() if o != self.name], now, out)
+
+    def _originate(self, now, out):
+        self.seq = (self.seq + 1) & wire.U32
+        links = {}
+        for peer in self.adjacent:
+            links[peer] = self.links[peer].cost
+        self.lsdb.install_own(wire.Lsa(self.name, self.seq, links), now)
+        self._refresh_at = ticks_add(now, self.refresh_ms)
+        self._dirty(now)
+        for peer in sorted(self.adjacent):
+            self._send_lsas(peer, [self.name], now, out)
+
+    def _send_lsas(self, peer, origins, now, out):
+        if origins:
+            lsas = [self.lsdb.outgoing(o, now) for o in origins]
+            for data in wire.encode_lsas(self.name, lsas):
+                out.append(SendMessage(peer, data))
+
+    def _dirty(self, now):
+        if self._dirty_at is None:
+            self._dirty_at = ticks_add(now, SPF_DELAY_MS)
+
+    def _compute(self, out):
+        self._dirty_at = None
+        self.counters["spf_runs"] += 1
+        relays = set(n for n, f in self.nodes.items() if f[4])
+        table = self.lsdb.link_table()
+        next_hop, _, _ = shortest_paths(self.name, table, relays)
+        plan = make_plan(self.name, self.nodes, next_hop)
+        if plan != self.plan:
+            self.plan = plan
+            out.append(RoutesChanged(plan))
+
+    def _count(self, out):
+        for e in out:
+            if isinstance(e, SendMessage):
+                self.counters["tx_msgs"] += 1
+                self.counters["tx_bytes"] += len(e.data)
+        return out

@@ -1,0 +1,256 @@
+# The mesh control messages on the wire: probe, probe-ack, LSAs, DB summary and LSA request.
+# Binary, big-endian, strictly bounds-checked: any malformed datagram raises WireError, which
+# the node counts and drops. Messages travel inside WireGuard between pinned probe addresses,
+# so the tunnel authenticates the sending peer; the sender name inside is checked against it.
+#
+# Every message:  magic 0xA7 | version 1 | type u8 | sender name (u8 len + [a-z0-9-])
+#   PROBE   1:  seq u32 | digest u32              (digest = sender's link-state DB digest)
+#   ACK     2:  seq u32 | digest u32              (seq echoed from the probe)
+#   LSAS    3:  count u8 | count x LSA
+#                 LSA = origin name | seq u32 | age_s u16 | nlinks u16 | nlinks x (name | cost u16)
+#   SUMMARY 4:  count u16 | count x (origin name | seq u32)
+#   REQUEST 5:  count u16 | count x origin name
+# Names follow the document's rule [a-z0-9][a-z0-9-]{0,30}; costs are 1..65535.
+
+MAGIC = 0xA7
+VERSION = 1
+PROBE = 1
+ACK = 2
+LSAS = 3
+SUMMARY = 4
+REQUEST = 5
+MAX_DATAGRAM = 1200  # LSA batches are split to stay under this; one oversized LSA goes alone
+U32 = 0xFFFFFFFF
+
+_NAME_FIRST = b"abcdefghijklmnopqrstuvwxyz0123456789"
+_NAME_REST = _NAME_FIRST + b"-"
+
+
+class WireError(ValueError):
+    """A datagram that is not a well-formed mesh message (count it, drop it)."""
+
+
+class Lsa:
+    """One node's advertisement: its up links and their costs. `age_s` is only meaningful
+    on the wire; the database keeps a local expiry instead."""
+    __slots__ = ("origin", "seq", "links", "age_s")
+
+    def __init__(self, origin, seq, links, age_s=0):
+        self.origin = origin
+        self.seq = seq
+        self.links = links      # {neighbor name: cost}
+        self.age_s = age_s
+
+    def __eq__(self, other):
+        return (isinstance(other, Lsa) and self.origin == other.origin and self.seq == other.seq
+                and self.links == other.links and self.age_s == other.age_s)
+
+    def __repr__(self):
+        return "Lsa(%s#%d %r age=%d)" % (self.origin, self.seq, sorted(self.links.items()), self.age_s)
+
+
+class Message:
+    """A decoded message. Fields by type: PROBE/ACK seq+digest, LSAS lsas,
+    SUMMARY entries [(origin, seq)], REQUEST origins."""
+    __slots__ = ("type", "sender", "seq", "digest", "lsas", "entries", "origins")
+
+    def __init__(self, type, sender, seq=0, digest=0, lsas=(), entries=(), origins=()):
+        self.type = type
+        self.sender = sender
+        self.seq = seq
+        self.digest = digest
+        self.lsas = lsas
+        self.entries = entries
+        self.origins = origins
+
+
+def valid_name(name):
+    if not isinstance(name, str) or not 1 <= len(name) <= 31:
+        return False
+    b = name.encode()
+    if len(b) != len(name) or b[0] not in _NAME_FIRST:
+        return False
+    for c in b:
+        if c not in _NAME_REST:
+            return False
+    return True
+
+
+# ---- encoding -------------------------------------------------------------------------------
+
+def _name(out, name):
+    if not valid_name(name):
+        raise WireError("bad name %r" % (name,))
+    out.append(len(name))
+    out.extend(name.encode())
+
+
+def _u16(out, v):
+    if not 0 <= v <= 0xFFFF:
+        raise WireError("u16 out of range: %r" % (v,))
+    out.extend(v.to_bytes(2, "big"))
+
+
+def _u32(out, v):
+    if not 0 <= v <= U32:
+        raise WireError("u32 out of range: %r" % (v,))
+    out.extend(v.to_bytes(4, "big"))
+
+
+def _head(type, sender):
+    out = bytearray((MAGIC, VERSION, type))
+    _name(out, sender)
+    return out
+
+
+def encode_probe(sender, seq, digest):
+    out = _head(PROBE, sender)
+    _u32(out, seq)
+    _u32(out, digest)
+    return bytes(out)
+
+
+def encode_ack(sender, seq, digest):
+    out = _head(ACK, sender)
+    _u32(out, seq)
+    _u32(out, digest)
+    return bytes(out)
+
+
+def _lsa_bytes(lsa):
+    out = bytearray()
+    _name(out, lsa.origin)
+    _u32(out, lsa.seq)
+    _u16(out, min(lsa.age_s, 0xFFFF))
+    _u16(out, len(lsa.links))
+    for n in sorted(lsa.links):
+        _name(out, n)
+        c = lsa.links[n]
+        if not 1 <= c <= 0xFFFF:
+            raise WireError("cost out of range: %r" % (c,))
+        _u16(out, c)
+    return out
+
+
+def encode_lsas(sender, lsas):
+    """A list of datagrams carrying all `lsas`, each ≤ MAX_DATAGRAM where possible."""
+    msgs = []
+    head = _head(LSAS, sender)
+    cur, n = bytearray(), 0
+    for lsa in lsas:
+        b = _lsa_bytes(lsa)
+        if n and (n == 255 or len(head) + 1 + len(cur) + len(b) > MAX_DATAGRAM):
+            msgs.append(bytes(head) + bytes((n,)) + bytes(cur))
+            cur, n = bytearray(), 0
+        cur.extend(b)
+        n += 1
+    if n:
+        msgs.append(bytes(head) + bytes((n,)) + bytes(cur))
+    return msgs
+
+
+def encode_summary(sender, entries):
+    """Datagrams listing (origin, seq) for every LSA the sender holds."""
+    return _chunks(SUMMARY, sender, entries, lambda out, e: (_name(out, e[0]), _u32(out, e[1])))
+
+
+def encode_request(sender, origins):
+    return _chunks(REQUEST, sender, origins, _name)
+
+
+def _chunks(type, sender, items, put):
+    head = _head(type, sender)
+    msgs, cur, n = [], bytearray(), 0
+    for item in items:
+        b = bytearray()
+        put(b, item)
+        if n and len(head) + 2 + len(cur) + len(b) > MAX_DATAGRAM:
+            msgs.append(bytes(head) + n.to_bytes(2, "big") + bytes(cur))
+            cur, n = bytearray(), 0
+        cur.extend(b)
+        n += 1
+    if n:
+        msgs.append(bytes(head) + n.to_bytes(2, "big") + bytes(cur))
+    return msgs
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+class _Reader:
+    __slots__ = ("b", "i")
+
+    def __init__(self, data):
+        self.b = data
+        self.i = 0
+
+    def take(self, n):
+        j = self.i + n
+        if j > len(self.b):
+            raise WireError("truncated at byte %d" % self.i)
+        v = self.b[self.i:j]
+        self.i = j
+        return v
+
+    def u8(self):
+        return self.take(1)[0]
+
+    def u16(self):
+        return int.from_bytes(self.take(2), "big")
+
+    def u32(self):
+        return int.from_bytes(self.take(4), "big")
+
+    def name(self):
+        n = self.u8()
+        raw = self.take(n)
+        if not 1 <= n <= 31 or raw[0] not in _NAME_FIRST:
+            raise WireError("bad name at byte %d" % (self.i - n))
+        for c in raw:
+            if c not in _NAME_REST:
+                raise WireError("bad name at byte %d" % (self.i - n))
+        return bytes(raw).decode()
+
+
+def decode(data):
+    """bytes -> Message, or WireError. Trailing bytes are an error too."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError("not bytes")
+    r = _Reader(bytes(data))
+    if r.u8() != MAGIC:
+        raise WireError("bad magic")
+    if r.u8() != VERSION:
+        raise WireError("unsupported version")
+    t = r.u8()
+    sender = r.name()
+    if t == PROBE or t == ACK:
+        m = Message(t, sender, seq=r.u32(), digest=r.u32())
+    elif t == LSAS:
+        count = r.u8()
+        if count == 0:
+            raise WireError("empty LSA batch")
+        m = Message(t, sender, lsas=[_lsa(r) for _ in range(count)])
+    elif t == SUMMARY:
+        m = Message(t, sender, entries=[(r.name(), r.u32()) for _ in range(r.u16())])
+    elif t == REQUEST:
+        m = Message(t, sender, origins=[r.name() for _ in range(r.u16())])
+    else:
+        raise WireError("unknown message type %d" % t)
+    if r.i != len(r.b):
+        raise WireError("%d trailing bytes" % (len(r.b) - r.i))
+    return m
+
+
+def _lsa(r):
+    origin = r.name()
+    seq = r.u32()
+    age = r.u16()
+    links = {}
+    for _ in range(r.u16()):
+        n = r.name()
+        c = r.u16()
+        if c == 0:
+            raise WireError("zero cost")
+        if n in links or n == origin:
+            raise WireError("duplicate or self link %r" % n)
+        links[n] = c
+    return Lsa(origin, seq, links, age)

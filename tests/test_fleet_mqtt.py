@@ -1,0 +1,392 @@
+# Fleet control against a real mosquitto on loopback (TLS with a throwaway CA, password
+# file, ACL with pattern rules), real paho clients, the real FleetAgent with a FakeDaemon
+# standing in for the data plane, and the `lanmesh fleet` CLI as an operator runs it.
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from lanmesh import aio, keys, netdoc
+from lanmesh.config import parse_config
+from lanmesh.errors import BackendError, DocumentError
+from lanmesh.fleet import agent as agent_mod
+from lanmesh.fleet import brokerconf, controller, signing, topics
+from mqtt_broker import Broker, make_ca
+
+FIRMWARE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "firmware"))
+PREFIX = "lanmesh/acme/"
+NODES = ("hq", "branch", "shop")
+log = logging.getLogger("test-fleet")
+
+
+class FakeDaemon:
+    """The daemon hooks the agent uses: document, apply_document, links_up, status."""
+
+    def __init__(self, name, document=None):
+        self.name = name
+        self.document = document
+        self.applied = []
+        self.links = {}          # version → (up, total); default (2, 2)
+        self.on_apply = None
+
+    def apply_document(self, doc):
+        if doc.node(self.name) is None:
+            raise DocumentError([f"node {self.name!r} is not in the document"])
+        if self.on_apply:
+            self.on_apply(doc)
+        self.applied.append(doc.version)
+        self.document = doc
+
+    def links_up(self):
+        return self.links.get(self.document.version if self.document else None, (2, 2))
+
+    def status(self):
+        up, total = self.links_up()
+        return {"node": self.name, "version": self.document and self.document.version,
+                "peers": [], "links": [{"peer": f"p{i}", "up": i < up, "rtt_ms": 1.0, "loss": 0}
+                                       for i in range(total)],
+                "routes": [{"prefix": "198.19.9.0/24", "via": None}]}
+
+
+class AgentThread:
+    """A FleetAgent on its own asyncio loop in a thread, as the daemon would run it."""
+
+    def __init__(self, cfg, daemon, **kw):
+        kw.setdefault("settle_ms", 300)
+        kw.setdefault("backoff", (1, 2))
+        self.agent = agent_mod.FleetAgent(cfg, daemon, log, **kw)
+        self.error = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+        self.thread.start()
+
+    def _main(self):
+        try:
+            aio.run(self.agent.run())
+        except BaseException as e:  # surfaced by stop()
+            self.error = e
+
+    def stop(self):
+        self.agent.close()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """A fleet directory with three nodes, a broker for it, node configs; all torn down."""
+    fd = controller.FleetDir.init(str(tmp_path / "acme"), "acme", overlay6="fd00:6c6d::/64")
+    fd.registry.set_settings({"confirm_window": 5})
+    privs = {}
+    for i, n in enumerate(NODES):
+        privs[n] = keys.genkey()
+        fd.registry.add_node(n, keys.pubkey(privs[n]), [f"198.19.{i + 1}.0/24"],
+                             [f"198.18.0.{i + 1}:51820"])
+    passwords = {n: brokerconf.new_password() for n in NODES}
+    ctl = open(fd.password_path).read().strip()
+    broker = Broker(str(tmp_path / "broker"), dict(passwords, controller=ctl), prefix=PREFIX)
+    broker.start()
+    fd.registry.set("broker", broker.url)
+    fd.registry.set("ca_file", broker.ca_file)
+
+    class F:
+        pass
+    f = F()
+    f.fd, f.broker, f.passwords, f.tmp = fd, broker, passwords, tmp_path
+    f.opts = fd.broker_options()
+    f.cfg = lambda name: node_cfg(tmp_path, name, fd, broker, passwords[name])
+    agents = []
+    f.agent = lambda cfg, daemon, **kw: agents.append(AgentThread(cfg, daemon, **kw)) or agents[-1]
+    try:
+        yield f
+    finally:
+        for a in agents:
+            a.stop()
+        broker.stop()
+
+
+def node_cfg(tmp, name, fd, broker, password):
+    d = tmp / name
+    d.mkdir(exist_ok=True)
+    (d / "mqtt.pass").write_text(password + "\n")
+    return parse_config({"name": name, "state_dir": str(d / "state"), "fleet": {
+        "name": "acme", "public_key": fd.public_key(), "broker": broker.url,
+        "ca_file": broker.ca_file, "username": name, "password_file": "mqtt.pass"}},
+        str(d / "node.json"))
+
+
+class Watcher(controller.BrokerSession):
+    """The controller's view: every retained and live message under the fleet prefix."""
+
+    def __init__(self, f):
+        super().__init__(f.opts)
+        self.__enter__()
+        self.client.subscribe(PREFIX + "#", 1)
+
+    def reported(self, name):
+        raw = self.messages.get(topics.reported(PREFIX, name))
+        return json.loads(raw) if raw else {}
+
+    def wait(self, pred, timeout=15.0, what="condition"):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = pred()
+            if got:
+                return got
+            self.changed.clear()
+            self.changed.wait(0.1)
+        raise AssertionError(f"timed out waiting for {what}; messages: "
+                             f"{ {k: v[:300] for k, v in self.messages.items()} }")
+
+
+def lanmesh(*args, timeout=60):
+    env = dict(os.environ, PYTHONPATH=FIRMWARE)
+    return subprocess.run([sys.executable, "-m", "lanmesh.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def publish_next(f):
+    doc, env, _, _ = controller.prepare(f.fd)
+    controller.publish(f.fd, env, doc["version"], f.opts)
+    return doc
+
+
+def signed(doc, key=None, fd=None):
+    return signing.envelope_bytes(signing.sign(doc, key or signing.read_key(fd.key_path)))
+
+
+def test_publish_apply_confirm_last_good_and_status(fleet):
+    w = Watcher(fleet)
+    cfg = fleet.cfg("hq")
+    d = FakeDaemon("hq")
+    fleet.agent(cfg, d)
+    w.wait(lambda: w.messages.get(topics.state(PREFIX, "hq")) == b"online", what="hq online")
+
+    r = lanmesh("fleet", "publish", "--dir", fleet.fd.path)
+    assert r.returncode == 0, r.stderr
+    assert "v- -> v1" in r.stdout and "+ node hq" in r.stdout and "published v1" in r.stdout
+    w.wait(lambda: w.reported("hq").get("applied_version") == 1, what="v1 applied")
+    assert d.applied == [1]
+    assert agent_mod.load_last_good(cfg).version == 1
+    assert os.stat(cfg.last_good_document).st_mode & 0o777 == 0o600
+
+    fleet.fd.registry.remove_node("shop")           # revocation
+    t0 = time.monotonic()
+    r = lanmesh("fleet", "publish", "--dir", fleet.fd.path)
+    assert r.returncode == 0 and "- node shop (revoked" in r.stdout, r.stdout + r.stderr
+    rep = w.wait(lambda: w.reported("hq").get("applied_version") == 2 and w.reported("hq"),
+                 what="v2 applied")
+    log.info("publish→confirmed v2 in %.2fs", time.monotonic() - t0)
+    assert "shop" not in d.document.nodes
+    assert rep["rollback"] is None and rep["links_up"] == [2, 2] and rep["software"]
+    assert rep["routes"] and rep["links"]
+    good = agent_mod.load_last_good(cfg)
+    assert good.version == 2
+
+    r = lanmesh("fleet", "status", "--dir", fleet.fd.path, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {x["node"]: x for x in json.loads(r.stdout)}
+    assert rows["hq"]["state"] == "online" and rows["hq"]["applied_version"] == 2
+    assert rows["branch"]["state"] == "never seen" and "shop" not in rows
+    r = lanmesh("fleet", "status", "--dir", fleet.fd.path)
+    assert "hq" in r.stdout and "online" in r.stdout and "2/2 up" in r.stdout
+
+    dry = lanmesh("fleet", "publish", "--dir", fleet.fd.path, "--dry-run")
+    assert dry.returncode == 0 and "v2 -> v3" in dry.stdout and "dry run" in dry.stdout
+    assert fleet.fd.registry.last_published()[0] == 2
+    w.close()
+
+
+def test_bad_documents_rejected_with_reason_nothing_applied(fleet):
+    w = Watcher(fleet)
+    d = FakeDaemon("hq")
+    fleet.agent(fleet.cfg("hq"), d)
+    publish_next(fleet)
+    v2 = publish_next(fleet)
+    w.wait(lambda: w.reported("hq").get("applied_version") == 2, what="v2 applied")
+    assert d.applied == [1, 2]
+    net = topics.net(PREFIX)
+
+    def reject(payload, reason):
+        w.publish(net, payload, retain=True)
+        w.wait(lambda: any(reason in x["reason"] for x in w.reported("hq").get("rejected", [])),
+               what=f"rejection {reason!r}")
+        assert d.applied == [1, 2] and d.document.version == 2
+
+    tampered = json.loads(signed(dict(v2, version=3), fd=fleet.fd))
+    tampered["doc"]["nodes"][0]["endpoints"] = ["198.18.9.9:51820"]
+    reject(json.dumps(tampered).encode(), "signature does not verify with the fleet key")
+    reject(b'{"doc": {"fleet": "acme", "version": 9', "payload is not valid JSON")
+    reject(signed(dict(v2, version=3), key=signing.generate_key()),
+           "signature does not verify with the fleet key")
+    reject(signed(dict(v2, version=1, settings={"confirm_window": 6}), fd=fleet.fd),
+           "version 1 is not newer than the applied version 2")
+    reject(signed(dict(v2, settings={"confirm_window": 7}), fd=fleet.fd),
+           "version 2 is not newer than the applied version 2")
+    reject(signed(dict(v2, fleet="other", version=9), fd=fleet.fd),
+           "document is for fleet 'other', this node is in fleet 'acme'")
+    reject(b" " * (netdoc.MAX_DOC_BYTES + 1), "over the 1048576-byte limit")
+    bad = dict(v2, version=10, nodes=[dict(v2["nodes"][0], lan=["198.19.300.0/24"])] + v2["nodes"][1:])
+    reject(signed(bad, fd=fleet.fd), "nodes[0].lan[0]: '198.19.300.0/24' is not an IP prefix")
+    # And a good one still goes through afterwards.
+    publish_next(fleet)
+    w.wait(lambda: w.reported("hq").get("applied_version") == 3, what="v3 applied")
+    w.close()
+
+
+def test_broker_unreachable_after_apply_rolls_back(fleet):
+    w = Watcher(fleet)
+    cfg = fleet.cfg("hq")
+    d = FakeDaemon("hq")
+    fleet.agent(cfg, d)
+    publish_next(fleet)
+    w.wait(lambda: w.reported("hq").get("applied_version") == 1, what="v1 applied")
+    w.close()
+
+    def cut_broker(doc):         # the new configuration "cuts" the node off the broker
+        if doc.version == 2:
+            fleet.broker.stop()
+    d.on_apply = cut_broker
+    doc, env, _, _ = controller.prepare(fleet.fd)
+    with controller.BrokerSession(fleet.opts) as s:
+        s.publish(topics.net(PREFIX), env, retain=True)
+    t0 = time.monotonic()
+    while d.applied[-1:] != [1] or len(d.applied) < 3:
+        assert time.monotonic() - t0 < 15, d.applied
+        time.sleep(0.1)
+    waited = time.monotonic() - t0
+    assert d.applied == [1, 2, 1] and 5 <= waited < 12, (d.applied, waited)
+    assert agent_mod.load_last_good(cfg).version == 1
+    fleet.broker.start()         # the broker comes back: the node reports what happened
+    w = Watcher(fleet)
+    rep = w.wait(lambda: (w.reported("hq").get("rollback") or {}).get("version") == 2
+                 and w.reported("hq"), what="rollback reported")
+    assert "broker not reachable within the 5s confirm window" in rep["rollback"]["reason"]
+    assert rep["applied_version"] == 1 and rep["pending_version"] is None
+    time.sleep(1.0)              # the retained v2 came again on reconnect: not re-applied
+    assert d.applied == [1, 2, 1]
+    w.close()
+
+
+def test_all_links_lost_after_apply_rolls_back(fleet):
+    w = Watcher(fleet)
+    d = FakeDaemon("hq")
+    d.links = {2: (0, 2)}
+    fleet.agent(fleet.cfg("hq"), d)
+    publish_next(fleet)
+    w.wait(lambda: w.reported("hq").get("applied_version") == 1, what="v1 applied")
+    publish_next(fleet)
+    rep = w.wait(lambda: w.reported("hq").get("rollback") and w.reported("hq"), timeout=12,
+                 what="rollback reported")
+    assert "all 2 mesh links lost after the apply" in rep["rollback"]["reason"]
+    assert d.applied == [1, 2, 1] and rep["applied_version"] == 1
+    w.close()
+
+
+def test_acl_from_generated_broker_config(fleet, tmp_path):
+    """`fleet broker-config` output, run by mosquitto: a node writes only its own subtree."""
+    out = tmp_path / "gen"
+    tls = make_ca(str(tmp_path), ("127.0.0.1",))
+    from mqtt_broker import free_port
+    port = free_port()
+    r = lanmesh("fleet", "broker-config", "--dir", fleet.fd.path, "--out", str(out),
+                "--listen", "127.0.0.1", "--port", str(port), "--cert", tls["server.pem"],
+                "--key", tls["server.key"], "--ca", tls["ca.pem"])
+    assert r.returncode == 0, r.stderr
+    with open(out / "mosquitto.conf", "a") as fh:
+        fh.write("user root\n")  # as root, mosquitto would drop to a user that cannot read 0600 files
+    proc = subprocess.Popen(["mosquitto", "-c", str(out / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        assert proc.poll() is None
+        url = f"mqtts://127.0.0.1:{port}"
+        ctl = dict(fleet.opts, broker=url, ca_file=tls["ca.pem"])
+        hq = dict(ctl, username="hq", password_file=str(out / "credentials" / "hq.pass"))
+        with controller.BrokerSession(ctl) as spy, controller.BrokerSession(hq) as node:
+            spy.client.subscribe(PREFIX + "#", 1)
+            time.sleep(0.3)
+            node.publish(PREFIX + "node/branch/state", b"forged", retain=True)
+            node.publish(PREFIX + "node/branch/reported", b"{}", retain=True)
+            node.publish(PREFIX + "net", b"forged doc", retain=True)
+            node.publish(PREFIX + "node/hq/state", b"online", retain=True)   # its own: allowed
+            spy.changed.wait(3)
+            time.sleep(0.5)
+            assert spy.messages == {PREFIX + "node/hq/state": b"online"}
+        bad = dict(hq, password_file=str(out / "credentials" / "branch.pass"))
+        with pytest.raises(Exception, match="refused"):
+            with controller.BrokerSession(bad):
+                pass
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+NODE_PROC = r"""
+import json, logging, sys
+from lanmesh import aio
+from lanmesh.config import parse_config
+from lanmesh.fleet.agent import FleetAgent
+sys.path.insert(0, sys.argv[2])
+from test_fleet_mqtt import FakeDaemon
+a = json.loads(sys.argv[1])
+logging.basicConfig(level=logging.INFO)
+cfg = parse_config(a["cfg"], a["path"])
+aio.run(FleetAgent(cfg, FakeDaemon(cfg.name), logging.getLogger(), keepalive=2).run())
+"""
+
+
+def test_last_will_sigkill_shows_lost_in_status(fleet):
+    cfg = fleet.cfg("branch")
+    w = Watcher(fleet)
+    env = dict(os.environ, PYTHONPATH=FIRMWARE)
+    proc = subprocess.Popen([sys.executable, "-c", NODE_PROC, json.dumps(
+        {"cfg": cfg.raw, "path": cfg.path}), os.path.dirname(os.path.abspath(__file__))],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        w.wait(lambda: w.messages.get(topics.state(PREFIX, "branch")) == b"online",
+               what="branch online")
+        rows = {r["node"]: r for r in controller.collect_status(fleet.fd, fleet.opts)}
+        assert rows["branch"]["state"] == "online"
+        os.kill(proc.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        proc.wait(5)
+        w.wait(lambda: w.messages.get(topics.state(PREFIX, "branch")) == b"lost", timeout=10,
+               what="branch lost")
+        took = time.monotonic() - t0
+        assert took <= 1.5 * 2 + 1.0, took      # mosquitto: 1.5 × keepalive
+        r = lanmesh("fleet", "status", "--dir", fleet.fd.path)
+        line = next(x for x in r.stdout.splitlines() if x.startswith("branch"))
+        assert " lost " in line, r.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        w.close()
+
+
+def test_missing_password_file_disables_fleet_but_not_the_node(fleet, caplog):
+    cfg = fleet.cfg("hq")
+    os.unlink(cfg.fleet["password_file"])
+    a = agent_mod.FleetAgent(cfg, FakeDaemon("hq"), log)
+    with caplog.at_level(logging.ERROR):
+        aio.run(a.run())
+    assert "fleet: disabled" in caplog.text and "cannot read password file" in caplog.text
+    a.close()
+
+
+def test_wrong_password_is_retried_without_crashing(fleet):
+    cfg = fleet.cfg("hq")
+    with open(cfg.fleet["password_file"], "w") as fh:
+        fh.write("wrong\n")
+    t = AgentThread(cfg, FakeDaemon("hq"))
+    time.sleep(1.5)
+    assert t.thread.is_alive() and not t.agent.core.connected
+    t.stop()

@@ -1,0 +1,36 @@
+# Routing plan: next hops -> allowed IPs per peer, pinned probe addresses always direct.
+from lanmesh.mesh.plan import make_plan, node_facts
+
+
+def nodes():
+    raw = [{"name": n, "address": ["100.64.0.%d/32" % i, "fd00::%d/128" % i],
+            "lan": ["198.19.%d.0/24" % i], "relay": True} for i, n in enumerate(["a", "b", "c", "d"], 1)]
+    return {f[0]: f for f in (node_facts(n) for n in raw)}
+
+
+def test_relayed_destination_prefixes_ride_on_the_next_hop():
+    plan = make_plan("a", nodes(), {"b": "b", "c": "b", "d": "d"})
+    assert plan.allowed == {
+        "b": ("100.64.0.2/32", "100.64.0.3/32", "198.19.2.0/24", "198.19.3.0/24", "fd00::2/128"),
+        "c": ("fd00::3/128",),          # pinned probe address only: c is reached via b
+        "d": ("100.64.0.4/32", "198.19.4.0/24", "fd00::4/128"),
+    }
+    assert plan.routes["198.19.3.0/24"] == "b" and plan.routes["fd00::3/128"] == "c"
+
+
+def test_unreachable_destination_is_absent_from_every_peer():
+    plan = make_plan("a", nodes(), {"b": "b"})
+    assert plan.next_hops == {"b": "b", "c": None, "d": None}
+    assert all("198.19.3.0/24" not in v for v in plan.allowed.values())
+    assert plan.routes["198.19.3.0/24"] is None
+    assert plan.allowed["d"] == ("fd00::4/128",)
+
+
+def test_plans_compare_by_value_and_accept_netdoc_like_objects():
+    class N:
+        def __init__(self, name, i):
+            self.name, self.ipv4, self.ipv6 = name, "100.64.0.%d/32" % i, "fd00::%d/128" % i
+            self.lan, self.relay = ("198.19.%d.0/24" % i,), True
+    objs = {n: node_facts(N(n, i)) for i, n in enumerate(["a", "b", "c", "d"], 1)}
+    assert make_plan("a", objs, {"b": "b"}) == make_plan("a", nodes(), {"b": "b"})
+    assert make_plan("a", objs, {"b": "b"}) != make_plan("a", nodes(), {"b": "b", "c": "b"})

@@ -1,0 +1,90 @@
+# Mesh wire format: every message round-trips; malformed input raises WireError and nothing else.
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lanmesh.mesh import wire
+from lanmesh.mesh.wire import Lsa, WireError, decode
+
+names = st.from_regex(r"[a-z0-9][a-z0-9-]{0,30}", fullmatch=True)
+
+
+def test_probe_and_ack_round_trip():
+    m = decode(wire.encode_probe("hq", 0xFFFFFFFF, 1234))
+    assert (m.type, m.sender, m.seq, m.digest) == (wire.PROBE, "hq", 0xFFFFFFFF, 1234)
+    m = decode(wire.encode_ack("branch-2", 7, 0))
+    assert (m.type, m.sender, m.seq, m.digest) == (wire.ACK, "branch-2", 7, 0)
+    assert len(wire.encode_probe("hq", 1, 2)) == 3 + 1 + 2 + 8   # compact: 14 bytes
+
+
+def test_lsas_round_trip_and_split_under_datagram_limit():
+    lsas = [Lsa("n%d" % i, i + 1, {"m%d" % j: j + 1 for j in range(40)}, age_s=i) for i in range(30)]
+    msgs = wire.encode_lsas("hq", lsas)
+    assert len(msgs) > 1 and all(len(m) <= wire.MAX_DATAGRAM for m in msgs)
+    got = [l for m in msgs for l in decode(m).lsas]
+    assert got == lsas
+
+
+def test_summary_and_request_round_trip():
+    entries = [("n%d" % i, i * 1000) for i in range(300)]
+    msgs = wire.encode_summary("hq", entries)
+    assert len(msgs) > 1 and all(len(m) <= wire.MAX_DATAGRAM for m in msgs)
+    assert [e for m in msgs for e in decode(m).entries] == entries
+    (req,) = wire.encode_request("hq", ["a", "b"])
+    assert decode(req).origins == ["a", "b"]
+
+
+@pytest.mark.parametrize("data,why", [
+    (b"", "truncated"),
+    (b"\x00\x01\x01\x02hq" + bytes(8), "magic"),
+    (b"\xa7\x02\x01\x02hq" + bytes(8), "version"),
+    (b"\xa7\x01\x09\x02hq" + bytes(8), "unknown message type"),
+    (b"\xa7\x01\x01\x02hq" + bytes(9), "trailing"),
+    (b"\xa7\x01\x01\x02hq" + bytes(7), "truncated"),
+    (b"\xa7\x01\x01\x02HQ" + bytes(8), "bad name"),
+    (b"\xa7\x01\x01\x00" + bytes(8), "bad name"),
+    (b"\xa7\x01\x01\x02-q" + bytes(8), "bad name"),
+    (b"\xa7\x01\x03\x02hq\x00", "empty"),
+    (b"\xa7\x01\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01b\x00\x00", "zero cost"),
+    (b"\xa7\x01\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01a\x00\x01", "self link"),
+    (b"\xa7\x01\x04\x02hq\xff\xff\x01a", "truncated"),
+])
+def test_malformed_raises_wire_error(data, why):
+    with pytest.raises(WireError, match=why):
+        decode(data)
+
+
+def test_every_truncation_of_valid_messages_is_rejected():
+    samples = [wire.encode_probe("hq", 5, 6)] + wire.encode_lsas("hq", [Lsa("a", 3, {"b": 9, "c": 1})]) \
+        + wire.encode_summary("hq", [("a", 1)]) + wire.encode_request("hq", ["a"])
+    for m in samples:
+        for n in range(len(m)):
+            with pytest.raises(WireError):
+                decode(m[:n])
+
+
+def test_encoder_refuses_bad_values():
+    with pytest.raises(WireError):
+        wire.encode_probe("Bad", 1, 1)
+    with pytest.raises(WireError):
+        wire.encode_lsas("hq", [Lsa("a", 1, {"b": 0})])
+    with pytest.raises(WireError):
+        wire.encode_probe("hq", 1 << 32, 1)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=80))
+def test_random_bytes_never_crash(data):
+    for d in (data, b"\xa7\x01" + data):
+        try:
+            decode(d)
+        except WireError:
+            pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(names, st.lists(st.tuples(names, st.integers(0, 2**32 - 1),
+                                 st.dictionaries(names, st.integers(1, 65535), max_size=20)), max_size=12))
+def test_lsa_batches_round_trip(sender, raw):
+    lsas = [Lsa(o, s, {k: v for k, v in links.items() if k != o}) for o, s, links in raw]
+    got = [l for m in wire.encode_lsas(sender, lsas) for l in decode(m).lsas]
+    assert got == lsas
