@@ -14,7 +14,7 @@ import pytest
 
 from lanmesh import aio, keys, netdoc
 from lanmesh.config import parse_config
-from lanmesh.errors import BackendError, DocumentError
+from lanmesh.errors import DocumentError
 from lanmesh.fleet import agent as agent_mod
 from lanmesh.fleet import brokerconf, controller, signing, topics
 from mqtt_broker import Broker, make_ca

@@ -78,3 +78,37 @@ def test_doc_check_prints_every_problem(tmp_path):
     assert r.returncode == 1
     assert "version: 0 is not a positive integer" in r.stderr
     assert "overlay.ipv4: None" in r.stderr and "nodes: [] must be a non-empty list" in r.stderr
+
+
+def test_x25519_rfc7748_vectors():
+    from lanmesh.dataplane.x25519 import x25519, public_key
+    h = bytes.fromhex
+    # RFC 7748 §5.2, the two single-call vectors
+    assert x25519(h("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4"),
+                  h("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")) == \
+        h("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552")
+    assert x25519(h("4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d"),
+                  h("e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493")) == \
+        h("95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957")
+    # §5.2 iterated vector, 1 and 1000 iterations (k, u ← X25519(k, u), k)
+    k = u = h("0900000000000000000000000000000000000000000000000000000000000000")
+    for i in range(1000):
+        k, u = x25519(k, u), k
+        if i == 0:
+            assert k == h("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079")
+    assert k == h("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51")
+    # §6.1 Diffie-Hellman: public keys and the shared secret
+    a = h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    b = h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    pa, pb = public_key(a), public_key(b)
+    assert pa == h("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+    assert pb == h("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+    secret = h("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+    assert x25519(a, pb) == secret == x25519(b, pa)
+
+
+def test_pubkey_loads_no_cryptography():
+    code = ("import sys; from lanmesh import keys; k = keys.genkey(); keys.pubkey(k); "
+            "print(any(m.split('.')[0] == 'cryptography' for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -47,13 +47,10 @@ def genkey():
 
 
 def pubkey(private_b64):
-    # Imported here: cryptography's X25519 costs ~9 MB RSS, the daemon needs it only once.
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives import serialization
+    # Pure-Python X25519: `cryptography` would cost ~8 MB RSS for one derivation at start.
+    from .dataplane.x25519 import public_key
 
-    priv = X25519PrivateKey.from_private_bytes(_decode(private_b64, "private key"))
-    raw = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return encode_key(raw)
+    return encode_key(public_key(_decode(private_b64, "private key")))
 
 
 def to_hex(b64):

@@ -3,7 +3,19 @@
 # It reconciles (reads what is there, changes only the difference) and touches only what
 # it owns: addresses it added, routes tagged with RTPROT_LANMESH, the table it loaded,
 # the sysctls it flipped (restored by close()).
+#
+# The netlink part needs pyroute2 (~20 MB RSS, for good). It runs rarely (start, document
+# change, repair), so unless pyroute2 is already loaded (kernel backend) it runs in a
+# short-lived child, `python -m lanmesh.dataplane.hostnet`, JSON in and out; and it is
+# skipped when neither what we want (MTU, addresses, routes) nor the device (ifindex)
+# changed since the last clean run, so mesh failovers (which change only allowed IPs)
+# never spawn it.
 import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 
 from ..errors import BackendError
@@ -42,6 +54,7 @@ class HostNet:
         self._saved_sysctl = {}     # path → value before we set it to 1
         self._nft_text = None       # what we last loaded (None: unknown, load on next apply)
         self._nft_touched = False   # close() deletes the table only if we ever loaded it
+        self._netlink_done = None   # (ifindex, (mtu, addrs, routes)) of the last clean run
 
     # --- public ---------------------------------------------------------------------------
 
@@ -52,10 +65,16 @@ class HostNet:
         changes, problems = [], []
         addrs = {_iface(a) for a in state.addresses}
         routes = {_net(r) for r in state.routes}
-        try:
-            _netlink(self._apply_netlink, state.mtu, addrs, routes, changes, problems)
-        except BackendError as exc:
-            problems.append(str(exc))
+        key = (state.mtu, frozenset(addrs), frozenset(routes))
+        index = _ifindex(self.ifname)
+        if index is None or (index, key) != self._netlink_done:
+            self._netlink_done = None
+            try:
+                self._run_netlink(state.mtu, addrs, routes, changes, problems)
+            except BackendError as exc:
+                problems.append(str(exc))
+            if not problems and index is not None and index == _ifindex(self.ifname):
+                self._netlink_done = (index, key)
         self._guard(problems, self._apply_sysctl, state.forwarding, changes)
         self._guard(problems, self._apply_nft, state, changes)
         for c in changes:
@@ -68,11 +87,13 @@ class HostNet:
         """Undo what apply did: nft table, sysctls, and (if the link still exists) our routes
         and addresses. Best effort: every step runs; failures are raised together at the end."""
         changes, problems = [], []
-        try:
-            _netlink(self._apply_netlink, None, set(), set(), changes, problems)
-        except BackendError as exc:
-            if "no such interface" not in str(exc):
-                problems.append(str(exc))
+        self._netlink_done = None
+        if _ifindex(self.ifname) is not None:   # gone (wireguard-go stopped): nothing to undo
+            try:
+                self._run_netlink(None, set(), set(), changes, problems)
+            except BackendError as exc:
+                if "no such interface" not in str(exc):
+                    problems.append(str(exc))
         self._owned_addrs.clear()
         self._guard(problems, self._apply_sysctl, False, changes)
         if self._nft_touched:
@@ -83,6 +104,18 @@ class HostNet:
         return changes
 
     # --- steps ----------------------------------------------------------------------------
+
+    def _run_netlink(self, mtu, addrs, routes, changes, problems):
+        if "pyroute2" in sys.modules:       # already paid for (kernel backend): in-process
+            _netlink(self._apply_netlink, mtu, addrs, routes, changes, problems)
+            return
+        reply = _child({"ifname": self.ifname, "mtu": mtu, "addrs": sorted(addrs),
+                        "routes": sorted(routes), "owned": sorted(self._owned_addrs)})
+        self._owned_addrs = set(reply["owned"])
+        changes.extend(reply["changes"])
+        problems.extend(reply["problems"])
+        if reply.get("error"):
+            raise BackendError(reply["error"])
 
     def _apply_netlink(self, ipr, mtu, addrs, routes, changes, problems):
         found = ipr.link_lookup(ifname=self.ifname)
@@ -234,3 +267,52 @@ def _with_ipr(fn, *args):
         if isinstance(exc, OSError) or _code(exc) is not None:
             raise BackendError(f"netlink: {exc}") from None
         raise
+
+
+def _ifindex(ifname):
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
+CHILD_TIMEOUT = 30.0
+
+
+def _child(request):
+    """Run the netlink step in `python -m lanmesh.dataplane.hostnet` (see the top)."""
+    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    try:
+        r = subprocess.run([sys.executable, "-m", "lanmesh.dataplane.hostnet"],
+                           input=json.dumps(request), capture_output=True, text=True, env=env,
+                           timeout=CHILD_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"netlink helper: {exc}") from None
+    try:
+        reply = json.loads(r.stdout)
+        if r.returncode == 0 and isinstance(reply, dict) and "owned" in reply:
+            return reply
+    except ValueError:
+        pass
+    tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+    raise BackendError(f"netlink helper failed (exit {r.returncode}): {tail}")
+
+
+def _child_main():
+    req = json.load(sys.stdin)
+    hn = HostNet(req["ifname"])
+    hn._owned_addrs = set(req["owned"])
+    changes, problems, error = [], [], None
+    try:
+        _with_ipr(hn._apply_netlink, req["mtu"], set(req["addrs"]), set(req["routes"]),
+                  changes, problems)
+    except BackendError as exc:
+        error = str(exc)
+    json.dump({"changes": changes, "problems": problems, "owned": sorted(hn._owned_addrs),
+               "error": error}, sys.stdout)
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -5,7 +5,7 @@
 import json
 import time
 
-from .. import aio, __version__
+from .. import __version__
 from ..atomic import write_atomic
 from ..errors import DocumentError, LanmeshError
 from ..ticks import ticks_add, ticks_diff, ticks_ms

@@ -67,6 +67,7 @@ class Lab:
         self.wan = None
         self._cuts = set()
         self._n = n_sites
+        self._wanem = None
 
     # -- topology -------------------------------------------------------------------------
     def __enter__(self):
@@ -100,14 +101,22 @@ class Lab:
         self.ns.exec(s.host, "ip", "-6", "route", "add", "default", "via", f"fd00:19:{s.i}::1")
         os.makedirs(s.dir, exist_ok=True)
         write_private_key(os.path.join(s.dir, "private.key"), s.private_key)
-        write_atomic(s.config_path, json.dumps({
-            "name": s.name, "interface": s.ifname, "backend": s.backend,
-            "private_key_file": "private.key", "document": "network.json",
-            "state_dir": "state", "run_dir": "run"}, indent=2))
+        self.write_config(s)
         self.sites.append(s)
         return s
 
+    def write_config(self, s, **extra):
+        """The site's node.json; `extra` adds settings such as a `fleet` section."""
+        cfg = {"name": s.name, "interface": s.ifname, "backend": s.backend,
+               "private_key_file": "private.key", "document": "network.json",
+               "state_dir": "state", "run_dir": "run"}
+        cfg.update(extra)
+        write_atomic(s.config_path, json.dumps(cfg, indent=2))
+
     def close(self):
+        if self._wanem is not None:
+            self._wanem.close()
+            self._wanem = None
         self.ns.teardown()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -218,6 +227,32 @@ class Lab:
     def restore(self, a, b):
         self._cuts.discard(frozenset((a.i, b.i)))
         self._load_wan_rules()
+
+    def impair(self, a, b, delay_ms=0, jitter_ms=0, loss_pct=0):
+        """Per-direction delay/jitter/loss on the a↔b WAN path (NFQUEUE stage, lab/wanem)."""
+        if self._wanem is None:
+            from .wanem import WanEmulator
+            self._wanem = WanEmulator(self.ns, self.wan)
+        self._wanem.set_link(a.wan_ip, b.wan_ip, delay_ms=delay_ms, jitter_ms=jitter_ms, loss_pct=loss_pct)
+
+    def unimpair(self, a, b):
+        if self._wanem is not None:
+            self._wanem.clear_link(a.wan_ip, b.wan_ip)
+
+    def ttl_exceeded(self):
+        """ICMP time-exceeded messages sent by all routers so far (a loop would make them)."""
+        total = 0
+        for s in self.sites:
+            snmp = self.ns.exec(s.router, "cat", "/proc/net/snmp").stdout.splitlines()
+            hdr = [l for l in snmp if l.startswith("Icmp:")]
+            if len(hdr) >= 2:
+                names, vals = hdr[0].split()[1:], hdr[1].split()[1:]
+                total += int(dict(zip(names, vals)).get("OutTimeExcds", 0))
+            for line in self.ns.exec(s.router, "cat", "/proc/net/snmp6").stdout.splitlines():
+                k, _, v = line.partition(" ")
+                if k == "Icmp6OutTimeExcds":
+                    total += int(v.strip() or 0)
+        return total
 
     def _load_wan_rules(self):
         rules = []

@@ -82,9 +82,10 @@ def run_in_vm(cmd, timeout=300, env=None, cwd=None, rw=(), memory_mb=1024, cpus=
         argv = _qemu_argv(img, job, rw, memory_mb, cpus)
         if rw:
             with open(os.path.join(job, "setup.sh"), "w") as f:
+                # mkdir: a share under /tmp or /run sits on the guest's fresh tmpfs
                 f.write("".join(
-                    f"mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none "
-                    f"rw{i} /host{shlex.quote(os.path.abspath(p))} || fail 'cannot mount {p}'\n"
+                    f"mkdir -p /host{_q(p)} && mount -t 9p -o trans=virtio,version=9p2000.L,"
+                    f"msize=512000,cache=none rw{i} /host{_q(p)} || fail 'cannot mount {p}'\n"
                     for i, p in enumerate(rw)))
         return _boot(argv, timeout, stream)
     finally:
@@ -92,7 +93,8 @@ def run_in_vm(cmd, timeout=300, env=None, cwd=None, rw=(), memory_mb=1024, cpus=
 
 
 def _cmd_script(cmd, env, cwd):
-    lines = ["#!/bin/sh", f"export PATH={_PATH} HOME=/tmp PYTHONDONTWRITEBYTECODE=1 WG_COLOR_MODE=never"]
+    lines = ["#!/bin/sh",
+             f"export PATH={_PATH} HOME=/tmp PYTHONDONTWRITEBYTECODE=1 WG_COLOR_MODE=never"]
     lines += [f"export {k}={shlex.quote(str(v))}" for k, v in (env or {}).items()]
     lines.append(f"cd {shlex.quote(cwd or '/tmp')} || exit 126")
     lines.append("exec " + shlex.join(cmd) if isinstance(cmd, (list, tuple)) else cmd)
@@ -108,9 +110,53 @@ def _qemu_argv(img, job, rw, memory_mb, cpus):
     for i, path in enumerate(rw):
         argv += ["-fsdev", f"local,id=rw{i},path={os.path.abspath(path)},security_model=none",
                  "-device", f"virtio-9p-device,fsdev=rw{i},mount_tag=rw{i}"]
-    # quiet + loglevel: kernel chatter stays out of the command's output
-    argv += ["-append", f"console=ttyS0 panic=-1 quiet loglevel=3 lanmesh.job={job}"]
+    # quiet + loglevel: kernel chatter stays out of the command's output. The guest has no
+    # HPET/PM timer to calibrate its TSC against; on a busy host the PIT calibration fails and
+    # boot hangs, so we tell it the rate (TCG's TSC is the host's) and trust it.
+    tsc = _host_tsc_khz()
+    clock = f"tsc_early_khz={tsc} tsc=reliable " if tsc else ""
+    argv += ["-append", f"console=ttyS0 panic=-1 quiet loglevel=3 {clock}lanmesh.job={job}"]
     return argv
+
+
+def _host_tsc_khz():
+    """The host's TSC rate in kHz (None if unknown): measured with rdtsc, else cpuinfo."""
+    if os.environ.get("LANMESH_VM_TSC_KHZ"):
+        return int(os.environ["LANMESH_VM_TSC_KHZ"])
+    try:
+        return _measure_tsc_khz()
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _measure_tsc_khz():
+    import ctypes
+    import mmap
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        raise ValueError("no rdtsc")
+    # rdtsc; shl rdx,32; or rax,rdx; ret
+    code = b"\x0f\x31\x48\xc1\xe2\x20\x48\x09\xd0\xc3"
+    buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    buf.write(code)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    rdtsc = ctypes.CFUNCTYPE(ctypes.c_uint64)(addr)
+    rates = []
+    for _ in range(3):
+        t0, c0 = time.perf_counter_ns(), rdtsc()
+        time.sleep(0.03)
+        c1, t1 = rdtsc(), time.perf_counter_ns()
+        rates.append((c1 - c0) * 1_000_000 // (t1 - t0))
+    del rdtsc, addr
+    return sorted(rates)[1]
 
 
 def _boot(argv, timeout, stream):
@@ -150,6 +196,10 @@ def _boot(argv, timeout, stream):
     start = console.find(_START)
     output = console[start + len(_START) + 1:m.start() if m else len(console)] if start >= 0 else ""
     return VmResult(int(m.group(1)) if m else None, output, wall, boot, console, timed_out)
+
+
+def _q(path):
+    return shlex.quote(os.path.abspath(path))
 
 
 def _stderr_log(msg):

@@ -1,0 +1,120 @@
+# Issue 2: the idle daemon must fit a 128 MB router (DESIGN §2.6). What keeps it small:
+# no `cryptography` (keys.pubkey is pure-Python X25519), no ssl/OpenSSL behind asyncio
+# (lanmesh.aio imports asyncio with ssl masked; TLS still works when somebody asks for
+# it), no pyroute2 (HostNet's netlink work runs in a short-lived child process).
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+FIRMWARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "firmware")
+RSS_LIMIT_MB = 20.0
+
+
+def _run(code, **kw):
+    env = dict(os.environ, PYTHONPATH=FIRMWARE)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=60, **kw)
+
+
+def test_aio_does_not_load_ssl_and_tls_still_works_later(tmp_path):
+    from mqtt_broker import make_ca
+    paths = make_ca(str(tmp_path), ("127.0.0.1",))
+    r = _run(f"""
+        import sys
+        from lanmesh import aio
+        assert "ssl" not in sys.modules and "_ssl" not in sys.modules, "asyncio loaded ssl"
+        import asyncio
+        import ssl                                   # paho-mqtt's TLS does this
+        ssl.create_default_context()
+
+        async def main():
+            srv_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            srv_ctx.load_cert_chain({paths['server.pem']!r}, {paths['server.key']!r})
+            async def echo(r, w):
+                w.write((await r.readline()).upper())
+                await w.drain()
+                w.close()
+            server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=srv_ctx)
+            port = server.sockets[0].getsockname()[1]
+            cli_ctx = ssl.create_default_context(cafile={paths['ca.pem']!r})
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=cli_ctx)
+            w.write(b"hello over tls\\n")
+            line = await r.readline()
+            w.close()
+            server.close()
+            return line
+
+        assert aio.run(main()) == b"HELLO OVER TLS\\n"
+        print("ok")
+    """)
+    assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_aio_tls_works_without_anyone_importing_ssl_first():
+    # asyncio's own TLS paths import ssl on first use
+    r = _run("""
+        import sys
+        from lanmesh import aio
+        import asyncio, socket
+        a, b = socket.socketpair()
+        async def main():
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(loop.create_connection(
+                    asyncio.Protocol, sock=a, ssl=True, server_hostname="x"), 0.2)
+            except asyncio.TimeoutError:
+                return "handshake started"
+        print(aio.run(main()), "ssl" in sys.modules)
+    """)
+    assert r.stdout.strip() == "handshake started True", r.stderr
+
+
+def test_daemon_imports_stay_small():
+    # what `lanmesh run` loads before it touches the network, measured in a fresh process
+    r = _run("""
+        import sys
+        from lanmesh import daemon, keys
+        from lanmesh.dataplane import uapi
+        keys.pubkey(keys.genkey())
+        heavy = sorted({m.split(".")[0] for m in sys.modules} & {"ssl", "cryptography", "pyroute2"})
+        rss = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+        print(heavy, round(rss, 1))
+    """)
+    heavy, rss = r.stdout.rsplit(" ", 1)
+    assert heavy == "[]", r.stdout + r.stderr
+    assert float(rss) < RSS_LIMIT_MB
+
+
+def _status_kb(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.netns
+def test_idle_daemon_rss_and_no_heavy_libraries(make_lab):
+    lab = make_lab(2)
+    lab.write_document(lab.document())
+    for s in lab.sites:
+        lab.start(s)
+    assert lab.wait_ping(lab.sites[0], lab.sites[1])
+    time.sleep(2)                       # a few probe rounds: the mesh's steady state
+    for s in lab.sites:
+        pid = s.proc.pid                # `ip netns exec` execs: this is the daemon itself
+        with open(f"/proc/{pid}/maps") as f:
+            maps = f.read()
+        # cryptography's Rust extension, OpenSSL (asyncio's ssl, cryptography), and
+        # pyroute2 (pure Python: seen through its modules' files never being mapped is not
+        # possible, so the RSS bound below is what catches it: it alone costs ~20 MB)
+        for lib in ("_rust.abi3.so", "libcrypto", "libssl", "_ssl."):
+            assert lib not in maps, f"{s.name}: {lib} is loaded in the daemon"
+        rss = _status_kb(pid, "VmRSS") / 1024
+        assert rss <= RSS_LIMIT_MB, f"{s.name}: daemon RSS {rss:.1f} MB > {RSS_LIMIT_MB} MB"

@@ -1,0 +1,221 @@
+# The kernel backend on a real kernel WireGuard, inside a qemu VM (lanmesh.lab.vm), plus
+# the harness itself (exit status, env, output, writable share) and the backend's pure
+# reconcile planner. One boot runs every kernel check (tests/vm_guest_kernel.py): imports
+# over 9p under emulation are slow, so one process does it all and reports each check.
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from lanmesh.dataplane.kernel import parse_info, plan
+
+GUEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vm_guest_kernel.py")
+KERNEL_CHECKS = [
+    "kernel_available", "ping_v4", "ping_v6", "wg_show_matches", "peers_status",
+    "reapply_no_change", "reapply_session_kept", "change_other_peer_only", "untouched_peer_kept",
+    "ghost_allowed_ips", "live_peer_updated_in_place", "ping_after_update", "no_new_handshake",
+    "remove_peer", "supervise_recreates", "ping_after_recreate", "many_peers_read_back",
+    "many_peers_reapply_no_change", "close_leaves_nothing_a", "close_leaves_nothing_b",
+]
+
+
+def _skip_reason():
+    if os.geteuid() != 0:
+        return "needs root (the VM image cache and qemu's 9p export of /)"
+    from lanmesh.lab.vm import vm_unavailable_reason
+    return vm_unavailable_reason()
+
+
+@pytest.fixture(scope="session")
+def vm_available():
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kernel_run(vm_available):
+    """Boot once, run the whole guest script; {"checks": {name: check}, "timings", "result"}."""
+    from lanmesh.lab.vm import run_in_vm
+    res = run_in_vm([sys.executable, GUEST], timeout=600, cwd=os.path.dirname(GUEST),
+                    stream=sys.stdout if os.environ.get("LANMESH_VM_VERBOSE") else None)
+    print(f"\nVM kernel test: {res}")
+    report = None
+    for line in res.output.splitlines():
+        if line.startswith("GUEST-RESULT "):
+            report = json.loads(line[len("GUEST-RESULT "):])
+    if report is None:
+        pytest.fail(f"guest did not report (rc={res.returncode}, timed out={res.timed_out}); "
+                    f"console tail:\n{res.console[-3000:]}")
+    print(f"VM timings: boot {res.boot_seconds:.1f} s, wall {res.wall_seconds:.1f} s, "
+          f"guest {report['timings']}")
+    return {"checks": {c["name"]: c for c in report["checks"]}, "timings": report["timings"],
+            "result": res}
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("name", KERNEL_CHECKS)
+def test_kernel_backend_in_vm(kernel_run, name):
+    c = kernel_run["checks"].get(name)
+    assert c is not None, f"guest never reached check {name!r} (see the guest output)"
+    assert c["ok"], c["detail"]
+
+
+@pytest.mark.vm
+def test_kernel_guest_exit_status(kernel_run):
+    failed = [n for n, c in kernel_run["checks"].items() if not c["ok"]]
+    assert kernel_run["result"].returncode == (1 if failed else 0), failed
+
+
+@pytest.mark.vm
+def test_run_in_vm_exit_env_output_and_writable_share(vm_available, tmp_path):
+    from lanmesh.lab.vm import run_in_vm
+    share = tmp_path / "share"
+    share.mkdir()
+    script = ('echo "hello $GREETING from $(uname -r)"\n'
+              'touch /probe-ro 2>/dev/null && echo "root is writable"\n'
+              f'echo written > {share}/out.txt\n'
+              'exit 7\n')
+    res = run_in_vm(script, env={"GREETING": "a b'c"}, rw=[str(share)], timeout=300)
+    print(f"\nVM harness boot: {res}")
+    assert res.returncode == 7, res.console[-2000:]
+    assert "hello a b'c from " in res.output
+    assert "root is writable" not in res.output
+    assert (share / "out.txt").read_text() == "written\n"
+    assert res.boot_seconds is not None and res.boot_seconds < res.wall_seconds
+
+
+# --- host side: what the kernel backend does where there is no WireGuard -------------------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
+def test_no_wireguard_gives_clear_error_in_fresh_netns():
+    ns = f"lmkv{uuid.uuid4().hex[:8]}"
+    code = ("from lanmesh.dataplane.kernel import KernelBackend, kernel_available\n"
+            "from lanmesh.dataplane.linkstate import LinkState\n"
+            "from lanmesh.errors import BackendError\n"
+            "from lanmesh.keys import genkey\n"
+            "import subprocess\n"
+            "if kernel_available():\n"
+            "    print('HAS-WIREGUARD'); raise SystemExit(0)\n"
+            "b = KernelBackend('lmkv0')\n"
+            "try:\n"
+            "    b.apply(LinkState('lmkv0', genkey(), 51820))\n"
+            "except BackendError as e:\n"
+            "    print('ERROR', e)\n"
+            "print('LINKS', subprocess.run(['ip', '-o', 'link'], capture_output=True, text=True).stdout)\n"
+            "print('PEERS', b.peers())\n")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
+    assert out.returncode == 0, out.stderr
+    if "HAS-WIREGUARD" in out.stdout:
+        pytest.skip("this kernel has WireGuard: the VM test covers the backend")
+    assert "ERROR lmkv0: the kernel has no WireGuard" in out.stdout
+    assert "use backend 'uapi'" in out.stdout
+    assert "lmwgprobe" not in out.stdout and "lmkv0" not in out.stdout.split("LINKS")[1]
+    assert "PEERS {}" in out.stdout
+
+
+# --- the reconcile planner (pure) ----------------------------------------------------------
+
+K1 = "A" * 43 + "="
+K2 = "B" * 43 + "="
+K3 = "C" * 43 + "="
+PRIV = "D" * 43 + "="
+
+
+def _peer(ips=(), endpoint=None, keepalive=0, **kw):
+    return dict({"endpoint": endpoint, "allowed_ips": tuple(sorted(ips)), "keepalive": keepalive,
+                 "last_handshake": 0.0, "rx_bytes": 0, "tx_bytes": 0}, **kw)
+
+
+def _want(ips=(), endpoint=(), keepalive=0):
+    import ipaddress
+    cands = [(ipaddress.ip_address(h), p) for h, p in endpoint]
+    return {"endpoint": cands, "allowed_ips": tuple(sorted(ips)), "keepalive": keepalive}
+
+
+def _dev(peers, private=PRIV, port=51820):
+    return {"private_key": private, "listen_port": port, "peers": peers}
+
+
+def test_plan_equal_state_is_empty():
+    cur = _dev({K1: _peer(["100.64.0.2/32"], "198.18.0.2:51820", 25, rx_bytes=99)})
+    want = _dev({K1: _want(["100.64.0.2/32"], [("198.18.0.2", 51820)], 25)})
+    assert plan(cur, want) == []
+
+
+def test_plan_new_device_sets_key_port_and_adds_peers():
+    steps = plan(_dev({}, private=None, port=0),
+                 _dev({K1: _want(["100.64.0.2/32"], [("fd00::2", 51820)])}))
+    assert steps[0] == ({"private_key": PRIV, "listen_port": 51820},
+                        "private key set and listen port set")
+    peer = steps[1][0]["peer"]
+    assert peer == {"public_key": K1, "endpoint_addr": "fd00::2", "endpoint_port": 51820,
+                    "persistent_keepalive": 0, "replace_allowed_ips": True,
+                    "allowed_ips": ["100.64.0.2/32"]}      # new: no update_only
+    assert len(steps) == 2
+
+
+def test_plan_touches_only_changed_peers_in_place():
+    cur = _dev({K1: _peer(["100.64.0.2/32"], "198.18.0.2:51820"),
+                K2: _peer(["100.64.0.3/32"], "198.18.0.3:51820"),
+                K3: _peer(["100.64.0.4/32"])})
+    want = _dev({K1: _want(["100.64.0.2/32"], [("198.18.0.2", 51820)]),
+                 K2: _want(["100.64.0.3/32", "198.19.3.0/24"], [("198.18.0.3", 51820)])})
+    steps = plan(cur, want)
+    assert steps == [
+        ({"peer": {"public_key": K3, "remove": True}}, f"peer {K3[:8]}… removed"),
+        ({"peer": {"public_key": K2, "update_only": True, "replace_allowed_ips": True,
+                   "allowed_ips": ["100.64.0.3/32", "198.19.3.0/24"]}},
+         f"peer {K2[:8]}… updated (allowed_ips)"),
+    ]
+
+
+def test_plan_endpoint_kept_while_name_still_resolves_to_it():
+    cur = _dev({K1: _peer(["100.64.0.2/32"], "198.18.0.7:51820")})
+    same = _dev({K1: _want(["100.64.0.2/32"], [("198.18.0.6", 51820), ("198.18.0.7", 51820)])})
+    moved = _dev({K1: _want(["100.64.0.2/32"], [("198.18.0.8", 51820)])})
+    unresolved = _dev({K1: _want(["100.64.0.2/32"], [])})
+    assert plan(cur, same) == [] and plan(cur, unresolved) == []
+    (kw, _), = plan(cur, moved)
+    assert kw["peer"] == {"public_key": K1, "update_only": True, "endpoint_addr": "198.18.0.8",
+                          "endpoint_port": 51820}
+
+
+def test_plan_listen_port_zero_means_leave_it():
+    assert plan(_dev({}, port=40000), _dev({}, port=0)) == []
+
+
+class _Msg:
+    """Stands in for a decoded pyroute2 message: get_attr by name."""
+
+    def __init__(self, **attrs):
+        self.attrs = attrs
+
+    def get_attr(self, name):
+        return self.attrs.get(name)
+
+
+def test_parse_info_merges_a_peer_split_over_messages():
+    first = _Msg(WGDEVICE_A_PRIVATE_KEY=PRIV.encode(), WGDEVICE_A_LISTEN_PORT=51820,
+                 WGDEVICE_A_PEERS=[_Msg(
+                     WGPEER_A_PUBLIC_KEY=K1.encode(),
+                     WGPEER_A_ENDPOINT={"addr": "fd00::2", "port": 51820},
+                     WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL=25,
+                     WGPEER_A_LAST_HANDSHAKE_TIME={"tv_sec": 10, "tv_nsec": 500_000_000},
+                     WGPEER_A_RX_BYTES=1, WGPEER_A_TX_BYTES=2,
+                     WGPEER_A_ALLOWEDIPS=[{"addr": "100.64.0.2/32"}])])
+    # the kernel continues the same peer's allowed IPs in the next message, key only
+    second = _Msg(WGDEVICE_A_PEERS=[_Msg(WGPEER_A_PUBLIC_KEY=K1.encode(),
+                                         WGPEER_A_ALLOWEDIPS=[{"addr": "198.19.1.0/24"}])])
+    dev = parse_info([first, second])
+    assert dev["private_key"] == PRIV and dev["listen_port"] == 51820
+    assert dev["peers"][K1] == _peer(["100.64.0.2/32", "198.19.1.0/24"], "[fd00::2]:51820", 25,
+                                     last_handshake=10.5, rx_bytes=1, tx_bytes=2)
