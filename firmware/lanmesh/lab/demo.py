@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..status_view import table
+from .failover import PingWatch
 from .sites import Lab
 
 
@@ -37,6 +38,42 @@ def mesh_table(lab):
     return table(rows, ("site", "LAN", "peers up", "handshake", "ping RTT to other LANs")), all_ok
 
 
+def route_lines(lab, s):
+    return "\n".join(f"  {r['prefix']:<16} → {r['node']} via {r['via'] or 'unreachable'}"
+                     for r in lab.status(s)["routes"] if ":" not in r["prefix"])
+
+
+def failover(lab):
+    """Cut the a↔c WAN path under a 10 ms ping, show the relay route and the gap, restore."""
+    a, c = lab.sites[0], lab.sites[2]
+    if not lab.wait_direct(timeout=20):
+        say("mesh did not converge to direct routes")
+        return False
+    watch = PingWatch(lab, a, c)
+    time.sleep(1)
+    say(f"\ncutting the WAN path {a.name} ↔ {c.name} (ping {a.host4} → {c.host4} every 10 ms)")
+    t_cut = time.time()
+    lab.cut(a, c)
+    relayed = any(lab.wait_routes(a, {c.name: r.name}, timeout=5 if i == 0 else 0.1)
+                  for i, r in enumerate(x for x in lab.sites if x not in (a, c)))
+    time.sleep(1.5)
+    say(f"{a.name} routes while cut:\n{route_lines(lab, a)}")
+    t_restore = time.time()
+    lab.restore(a, c)
+    say(f"restored {a.name} ↔ {c.name}")
+    back = lab.wait_routes(a, {c.name: c.name}, timeout=20)
+    back_after = time.time() - t_restore
+    time.sleep(1)
+    watch.stop()
+    gap = watch.gap_after(t_cut, until=t_restore)
+    say(f"{a.name} routes after restore:\n{route_lines(lab, a)}")
+    say(f"\nfailover: traffic resumed through a relay after a {gap * 1000:.0f} ms gap" if relayed and gap
+        else "failover: NO reroute")
+    say(f"recovery: back on the direct path {back_after:.1f} s after the restore" if back
+        else "recovery: did NOT return to the direct path")
+    return bool(relayed and gap is not None and gap < 3 and back)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="lanmesh demo: a multi-site mesh in network namespaces")
     ap.add_argument("--sites", type=int, default=3)
@@ -61,6 +98,8 @@ def main(argv=None):
         v6, _ = lab.ping(first, last, family=6, count=1, wait_s=2)
         say(f"\nIPv6 {first.host6} → {last.host6}: {'ok' if v6 else 'FAIL'}")
         ok = ok and v6
+        if args.sites >= 3:
+            ok = failover(lab) and ok
         for s in lab.sites:
             lab.stop(s)
     say(f"\ntorn down. demo {'PASSED' if ok else 'FAILED'}")
