@@ -15,6 +15,9 @@ def test_demo_runs_and_passes():
     for site in ("site-a", "site-b", "site-c"):
         assert site in out
     assert "FAIL" not in out.replace("demo PASSED", "")
+    # the fleet act: the controller's document is applied and confirmed on every site
+    assert "applied and confirmed by every site" in out
+    assert sum(1 for l in out.splitlines() if l.startswith("site-") and " online  v2" in l) == 3
     # the failover act: rerouted through the relay, then back on the direct path
     assert "traffic resumed through a relay after a" in out and "back on the direct path" in out
     assert "198.19.3.0/24    → site-c via site-b" in out

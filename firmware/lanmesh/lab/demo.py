@@ -8,6 +8,7 @@ import time
 
 from ..status_view import table
 from .failover import PingWatch
+from .fleetlab import FleetLab
 from .sites import Lab
 
 
@@ -33,9 +34,9 @@ def mesh_table(lab):
             ok, out = lab.ping(s, d, count=1, wait_s=2)
             all_ok &= ok
             cells.append(f"{d.letter}:{rtt_ms(out):.2f}ms" if ok else f"{d.letter}:FAIL")
-        rows.append((s.name, s.lan4, f"{len(up)}/{len(st['peers'])}",
+        rows.append((s.name, s.lan4, f"v{st['version']}", f"{len(up)}/{len(st['peers'])}",
                      f"{max(ages):.0f}s" if ages else "-", " ".join(cells)))
-    return table(rows, ("site", "LAN", "peers up", "handshake", "ping RTT to other LANs")), all_ok
+    return table(rows, ("site", "LAN", "document", "peers up", "handshake", "ping RTT to other LANs")), all_ok
 
 
 def route_lines(lab, s):
@@ -78,11 +79,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="lanmesh demo: a multi-site mesh in network namespaces")
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--backend", default="uapi")
+    ap.add_argument("--no-fleet", action="store_true", help="static local document, no MQTT broker")
     args = ap.parse_args(argv)
     ok = False
     with Lab(args.sites, backend=args.backend) as lab:
         say(f"lanmesh demo: {args.sites} sites in namespaces {lab.ns.prefix}-*, backend {args.backend}")
-        lab.write_document(lab.document())
+        fleet = None
+        if args.no_fleet:
+            lab.write_document(lab.document())
+        else:
+            # Sites are provisioned with the signed v1; the broker (TLS, passwords, ACL) runs
+            # in the WAN namespace and holds it retained.
+            fleet = FleetLab(lab, lab.workdir)
+            fleet.start_broker()
+            say(f"fleet acme: broker {fleet.url} in namespace {lab.wan}, signed document v1")
         t0 = time.monotonic()
         for s in lab.sites:
             lab.start(s, wait=False)
@@ -92,7 +102,21 @@ def main(argv=None):
         reached = lab.wait_ping(first, last, timeout=20)
         say(f"mesh up: first LAN-to-LAN ping after {time.monotonic() - t0:.2f}s" if reached
             else "mesh did not come up")
+        if fleet is not None:
+            t_pub = time.monotonic()
+            version = fleet.publish(settings={"keepalive": 20})
+            try:
+                fleet.wait_applied(version, timeout=30)
+                say(f"controller published v{version}: applied and confirmed by every site "
+                    f"after {time.monotonic() - t_pub:.2f}s\n")
+            except TimeoutError as e:
+                say(f"fleet: {e}")
+                reached = False
+            say(fleet.table())
         text, ok = mesh_table(lab)
+        ok = ok and reached
+        if fleet is not None:
+            ok = ok and all(f"v{version}" in line for line in text.splitlines()[1:])
         say("")
         say(text)
         v6, _ = lab.ping(first, last, family=6, count=1, wait_s=2)
@@ -102,6 +126,8 @@ def main(argv=None):
             ok = failover(lab) and ok
         for s in lab.sites:
             lab.stop(s)
+        if fleet is not None:
+            fleet.close()
     say(f"\ntorn down. demo {'PASSED' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -6,6 +6,7 @@
 #
 #   run_in_vm(["python", "-c", "print(1)"], env={"X": "1"}, timeout=300) -> VmResult
 #   python -m lanmesh.lab.vm [--timeout S] [--rw DIR] -- <cmd…>
+import codecs
 import os
 import re
 import selectors
@@ -163,7 +164,8 @@ def _boot(argv, timeout, stream):
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    chunks, boot, timed_out = [], None, False
+    chunks, tail, boot, timed_out = [], "", None, False
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     try:
@@ -177,12 +179,15 @@ def _boot(argv, timeout, stream):
             data = os.read(proc.stdout.fileno(), 65536)
             if not data:
                 break
-            text = data.decode("utf-8", "replace").replace("\r", "")
+            # The serial port often delivers a byte per read: decode incrementally and
+            # look for the marker in a rolling tail, not in single reads.
+            text = decoder.decode(data).replace("\r", "")
             chunks.append(text)
             if stream is not None:
                 stream.write(text)
                 stream.flush()
-            if boot is None and _START in text:
+            tail = (tail + text)[-2 * len(_START):]
+            if boot is None and _START in tail:
                 boot = time.monotonic() - t0
     finally:
         sel.close()

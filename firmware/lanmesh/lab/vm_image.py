@@ -91,6 +91,16 @@ def kernel_version():
     pinned = os.environ.get("LANMESH_VM_KERNEL")
     if pinned:
         return pinned
+    if _found:      # apt-cache takes ~1 s: ask once per process
+        return _found[0]
+    _found.append(_kernel_version())
+    return _found[0]
+
+
+_found = []
+
+
+def _kernel_version():
     try:
         out = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True,
                              text=True, timeout=60).stdout
