@@ -18,7 +18,7 @@ KERNEL_CHECKS = [
     "reapply_no_change", "reapply_session_kept", "change_other_peer_only", "untouched_peer_kept",
     "ghost_allowed_ips", "live_peer_updated_in_place", "ping_after_update", "no_new_handshake",
     "remove_peer", "supervise_recreates", "ping_after_recreate", "many_peers_read_back",
-    "many_peers_reapply_no_change", "close_leaves_nothing_a", "close_leaves_nothing_b",
+    "many_peers_split_dump", "many_peers_reapply_no_change", "close_leaves_nothing_a", "close_leaves_nothing_b",
 ]
 
 
@@ -120,6 +120,28 @@ def test_no_wireguard_gives_clear_error_in_fresh_netns():
     assert "use backend 'uapi'" in out.stdout
     assert "lmwgprobe" not in out.stdout and "lmkv0" not in out.stdout.split("LINKS")[1]
     assert "PEERS {}" in out.stdout
+
+
+def test_bad_input_is_refused_before_touching_the_kernel():
+    from lanmesh.dataplane.kernel import KernelBackend
+    from lanmesh.dataplane.linkstate import LinkState, PeerState
+    from lanmesh.errors import BackendError
+    from lanmesh.keys import genkey, pubkey
+    k1, k2 = pubkey(genkey()), pubkey(genkey())
+    dup = LinkState("lmkv0", genkey(), 51820, peers=[PeerState(k1, ["100.64.0.2/32"]),
+                                                      PeerState(k2, ["100.64.0.2/32"])])
+    be = KernelBackend("lmkv0")
+    with pytest.raises(BackendError, match="100.64.0.2/32 is given to two peers"):
+        be.apply(dup)
+    bad = LinkState("lmkv0", genkey(), 51820, peers=[PeerState(k1, ["100.64.0.300/32"])])
+    with pytest.raises(BackendError, match="'100.64.0.300/32' is not an IP prefix"):
+        be.apply(bad)
+    ep = LinkState("lmkv0", genkey(), 51820, peers=[PeerState(k1, [], endpoint="fd00::1:51820")])
+    with pytest.raises(BackendError, match="expected host:port or \\[IPv6\\]:port"):
+        be.apply(ep)
+    with pytest.raises(BackendError, match="not a valid interface name"):
+        KernelBackend("lanmesh-too-long0").apply(LinkState("lanmesh-too-long0", genkey(), 1))
+    assert be.set_requests == 0 and be._state is None
 
 
 # --- the reconcile planner (pure) ----------------------------------------------------------

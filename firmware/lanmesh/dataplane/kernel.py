@@ -56,6 +56,8 @@ class KernelBackend:
         """Make the WireGuard device and the host match `state`; returns the changes made."""
         if state.ifname != self.ifname:
             raise BackendError(f"state is for {state.ifname!r}, this backend drives {self.ifname!r}")
+        if not 0 < len(self.ifname.encode()) <= 15 or "/" in self.ifname or " " in self.ifname:
+            raise BackendError(f"{self.ifname!r} is not a valid interface name (1-15 characters)")
         desired = self._desired(state)      # bad input fails here, before anything changes
         self._state = state
         changes = _off_loop(self._configure, desired)
@@ -133,7 +135,13 @@ class KernelBackend:
         with _netlink_errors(self.ifname), WireGuard() as wg:
             current = parse_info(wg.info(self.ifname))
             for kwargs, change in plan(current, desired):
-                wg.set(self.ifname, **kwargs)
+                try:
+                    wg.set(self.ifname, **kwargs)
+                except Exception as exc:    # the steps before stay; the next apply resumes
+                    if _code(exc) is None:
+                        raise
+                    raise BackendError(f"{self.ifname}: {change}: {os.strerror(_code(exc))}") \
+                        from None
                 self.set_requests += 1
                 changes.append(change)
         for c in changes:

@@ -7,6 +7,7 @@
 #   run_in_vm(["python", "-c", "print(1)"], env={"X": "1"}, timeout=300) -> VmResult
 #   python -m lanmesh.lab.vm [--timeout S] [--rw DIR] -- <cmd…>
 import codecs
+import io
 import os
 import re
 import selectors
@@ -59,11 +60,10 @@ def vm_unavailable_reason():
         return str(e)
     if img.exists():
         return None
-    for tool in ("apt-get", "dpkg-deb", "depmod", "modprobe"):
-        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            return f"no cached VM image and `{tool}` is missing to build one"
-    if not os.path.exists(vm_image.BUSYBOX):
-        return "busybox-static is not installed (apt-get install --no-install-recommends busybox-static)"
+    try:        # "no download possible" is only known by trying (once: it is cached after)
+        vm_image.ensure_image(log=_stderr_log)
+    except (vm_image.ImageError, OSError) as e:
+        return f"cannot build the VM image: {e}"
     return None
 
 
@@ -97,7 +97,8 @@ def _cmd_script(cmd, env, cwd):
     lines = ["#!/bin/sh",
              f"export PATH={_PATH} HOME=/tmp PYTHONDONTWRITEBYTECODE=1 WG_COLOR_MODE=never"]
     lines += [f"export {k}={shlex.quote(str(v))}" for k, v in (env or {}).items()]
-    lines.append(f"cd {shlex.quote(cwd or '/tmp')} || exit 126")
+    cwd = shlex.quote(cwd or "/tmp")
+    lines.append(f'cd {cwd} || {{ echo "lanmesh-vm: no directory {cwd} in the guest"; exit 126; }}')
     lines.append("exec " + shlex.join(cmd) if isinstance(cmd, (list, tuple)) else cmd)
     return "\n".join(lines) + "\n"
 
@@ -164,7 +165,7 @@ def _boot(argv, timeout, stream):
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    chunks, tail, boot, timed_out = [], "", None, False
+    console, tail, boot, timed_out = io.StringIO(), "", None, False
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -182,7 +183,7 @@ def _boot(argv, timeout, stream):
             # The serial port often delivers a byte per read: decode incrementally and
             # look for the marker in a rolling tail, not in single reads.
             text = decoder.decode(data).replace("\r", "")
-            chunks.append(text)
+            console.write(text)
             if stream is not None:
                 stream.write(text)
                 stream.flush()
@@ -196,9 +197,10 @@ def _boot(argv, timeout, stream):
         proc.wait()
         proc.stdout.close()
     wall = time.monotonic() - t0
-    console = "".join(chunks)
-    m = _EXIT.search(console)
-    start = console.find(_START)
+    console = console.getvalue()
+    start = console.find(_START)                        # /init prints it before the command
+    ends = list(_EXIT.finditer(console, max(start, 0)))
+    m = ends[-1] if ends else None                      # ... and this one last of all
     output = console[start + len(_START) + 1:m.start() if m else len(console)] if start >= 0 else ""
     return VmResult(int(m.group(1)) if m else None, output, wall, boot, console, timed_out)
 
@@ -213,8 +215,9 @@ def _stderr_log(msg):
 
 def main(argv=None):
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m lanmesh.lab.vm",
-                                 description="Run a command on a WireGuard-capable kernel under qemu.")
+    ap = argparse.ArgumentParser(prog="python -m lanmesh.lab.vm", description=(
+        "Run a command as root on a WireGuard-capable kernel under qemu; the host's / is "
+        "read-only in the guest, /tmp and /run are fresh tmpfs."))
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--rw", action="append", default=[], help="host dir the guest may write")
     ap.add_argument("--cwd", default=os.getcwd())

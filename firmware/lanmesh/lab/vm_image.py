@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import lzma
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -111,7 +112,7 @@ def _kernel_version():
         if dep.startswith("linux-image-"):
             return dep[len("linux-image-"):]
     # No apt (or no index): use the newest image already built, if any.
-    cached = sorted(n.split("--")[0] for n in _listdir(cache_root()) if "--" in n)
+    cached = _cached_versions()
     if cached:
         return cached[-1]
     raise ImageError("cannot find a Debian kernel: `apt-cache depends linux-image-amd64` "
@@ -127,15 +128,34 @@ def image_for(version=None, modules=DEFAULT_MODULES):
 
 def ensure_image(version=None, modules=DEFAULT_MODULES, log=None):
     """Build the image if it is not cached; return it. Serialised by a lock in the cache dir."""
+    log = log or (lambda msg: None)
     img = image_for(version, modules)
     if img.exists():
         return img
     os.makedirs(cache_root(), exist_ok=True)
     with open(os.path.join(cache_root(), ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)    # a concurrent build finishes first, then we reuse it
-        if not img.exists():
-            _build(img, modules, log or (lambda msg: None))
+        if img.exists():
+            return img
+        try:
+            _build(img, modules, log)
+        except ImageError as exc:
+            # apt knows a newer kernel than it can fetch (offline): an older image will do.
+            older = [image_for(v, modules) for v in _cached_versions()]
+            older = [o for o in older if o.exists()]
+            if version or os.environ.get("LANMESH_VM_KERNEL") or not older:
+                raise
+            log(f"lanmesh-vm: {exc}; using the cached {older[-1].kernel_version} instead")
+            return older[-1]
     return img
+
+
+def _cached_versions():
+    """Kernel versions with an image in the cache, oldest first."""
+    def natural(v):
+        return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", v)]
+    names = {n.split("--")[0] for n in _listdir(cache_root()) if "--" in n}
+    return sorted(names, key=natural)
 
 
 def _build(img, modules, log):
@@ -144,6 +164,9 @@ def _build(img, modules, log):
             raise ImageError(f"building the VM image needs `{tool}` (not found)")
     if not os.path.exists(BUSYBOX):
         raise ImageError(f"{BUSYBOX} missing: apt-get install --no-install-recommends busybox-static")
+    with open(BUSYBOX, "rb") as f:
+        if b"ld-linux" in f.read(8192):     # its ELF interpreter: useless with no libc around
+            raise ImageError(f"{BUSYBOX} is dynamically linked: install busybox-static")
     tmp = tempfile.mkdtemp(prefix=".build-", dir=cache_root())
     try:
         ver = img.kernel_version
