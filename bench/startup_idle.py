@@ -38,6 +38,16 @@ def rss_kb(pid):
     return 0
 
 
+HEAVY = ("libcrypto", "libssl", "_ssl.", "_rust.abi3.so")   # OpenSSL, cryptography
+
+
+def heavy_libs(pid):
+    """Which of the libraries issue 2 removed from the daemon are mapped again."""
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read()
+    return [lib for lib in HEAVY if lib in maps]
+
+
 def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -85,7 +95,8 @@ def idle(seconds):
             p = pids[s.name]
             cpu = (cpu_ticks(p) - t0[s.name]) / CLK / wall * 100
             wg = [k for k in proc_tree(p)]
-            rows.append((s.name, rss_kb(p) / 1024, cpu, sum(rss_kb(k) for k in wg) / 1024))
+            rows.append((s.name, rss_kb(p) / 1024, cpu, sum(rss_kb(k) for k in wg) / 1024,
+                         heavy_libs(p)))
         return rows
 
 
@@ -97,9 +108,10 @@ def main():
     times = startup(args.runs)
     print(f"run → first LAN-to-LAN ping (3 sites, uapi): median {statistics.median(times):.2f} s "
           f"(min {min(times):.2f}, max {max(times):.2f}, n={len(times)})")
-    for name, rss, cpu, wg in idle(args.idle):
+    for name, rss, cpu, wg, heavy in idle(args.idle):
         print(f"idle {args.idle} s  {name}: daemon RSS {rss:.1f} MB, CPU {cpu:.2f} % of a core "
-              f"(wireguard-go child RSS {wg:.1f} MB, not counted)")
+              f"(wireguard-go child RSS {wg:.1f} MB, not counted)"
+              + (f"; heavy libraries mapped: {', '.join(heavy)}" if heavy else ""))
 
 
 if __name__ == "__main__":

@@ -118,3 +118,51 @@ def test_idle_daemon_rss_and_no_heavy_libraries(make_lab):
             assert lib not in maps, f"{s.name}: {lib} is loaded in the daemon"
         rss = _status_kb(pid, "VmRSS") / 1024
         assert rss <= RSS_LIMIT_MB, f"{s.name}: daemon RSS {rss:.1f} MB > {RSS_LIMIT_MB} MB"
+
+
+def test_netlink_helper_runs_only_when_something_changed(monkeypatch):
+    # Mesh failovers re-apply the LinkState with new allowed IPs only: they must not spawn
+    # the pyroute2 helper. A new device (wireguard-go restarted: new ifindex), a failed
+    # run or a changed MTU/address/route set does.
+    from lanmesh.dataplane import hostnet
+    from lanmesh.dataplane.linkstate import LinkState
+    from lanmesh.errors import BackendError
+
+    calls, index, fail = [], [7], []
+
+    def child(req):
+        calls.append(req)
+        return {"changes": ["x"], "problems": list(fail), "owned": req["addrs"], "error": None}
+
+    monkeypatch.setattr(hostnet, "_child", child)
+    monkeypatch.setattr(hostnet, "_ifindex", lambda name: index[0])
+    monkeypatch.setattr(hostnet.HostNet, "_apply_sysctl", lambda self, fwd, changes: None)
+    monkeypatch.setattr(hostnet.HostNet, "_apply_nft", lambda self, state, changes: None)
+    monkeypatch.delitem(sys.modules, "pyroute2", raising=False)
+    hn = hostnet.HostNet("lm0")
+
+    def st(**kw):
+        base = dict(ifname="lm0", private_key="", listen_port=0, addresses=["100.64.0.1/32"],
+                    routes=["100.64.0.0/10"])
+        base.update(kw)
+        return LinkState(**base)
+
+    hn.apply(st())
+    hn.apply(st(listen_port=1))             # only WireGuard-side changes: no helper
+    assert len(calls) == 1
+    hn.apply(st(mtu=1300))
+    assert len(calls) == 2 and calls[-1]["mtu"] == 1300
+    index[0] = 8                            # the device was recreated
+    hn.apply(st(mtu=1300))
+    assert len(calls) == 3
+    fail.append("route 100.64.0.0/10: boom")
+    with pytest.raises(BackendError, match="boom"):
+        hn.apply(st(mtu=1400))
+    fail.clear()
+    hn.apply(st(mtu=1400))                  # a failed run is retried
+    hn.apply(st(mtu=1400))
+    assert len(calls) == 5
+    assert calls[-1]["owned"] == ["100.64.0.1/32"]
+    index[0] = None                         # gone: close() has nothing to undo via netlink
+    hn.close()
+    assert len(calls) == 5

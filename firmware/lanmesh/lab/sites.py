@@ -36,7 +36,7 @@ class Site:
         self.dir = os.path.join(lab.workdir, self.name)
         self.private_key = genkey()
         self.public_key = pubkey(self.private_key)
-        self.backend = lab.backend
+        self.backend = lab.backend_for(i)
         self.relay = True
         self.proc = None
 
@@ -56,9 +56,13 @@ class Site:
 
 
 class Lab:
-    def __init__(self, n_sites, backend="uapi", prefix=None, settings=None, log=None):
+    def __init__(self, n_sites, backend=None, prefix=None, settings=None, log=None):
+        # backend: one name for every site, or a list/tuple giving site 1, 2, …'s backend
+        # (sites past its end take its last entry); default: env LANMESH_LAB_BACKEND or uapi
         self.ns = Namespaces(prefix)
-        self.backend = backend
+        if backend is None:
+            backend = os.environ.get("LANMESH_LAB_BACKEND") or "uapi"
+        self.backend = list(backend) if isinstance(backend, (list, tuple)) else backend
         self.settings = dict(settings or {})
         self.version = 0
         self.workdir = tempfile.mkdtemp(prefix=self.ns.prefix + "-")
@@ -68,6 +72,12 @@ class Lab:
         self._cuts = set()
         self._n = n_sites
         self._wanem = None
+
+    def backend_for(self, i):
+        """The backend of site i (1-based)."""
+        if isinstance(self.backend, list):
+            return self.backend[min(i, len(self.backend)) - 1]
+        return self.backend
 
     # -- topology -------------------------------------------------------------------------
     def __enter__(self):
@@ -195,9 +205,13 @@ class Lab:
         return control.request(s.control_socket, {"cmd": "status"}, timeout=5)
 
     def daemon_log(self, s):
+        """The log's last 4000 characters (for assertion messages)."""
+        return self.daemon_log_full(s)[-4000:]
+
+    def daemon_log_full(self, s):
         try:
             with open(os.path.join(s.dir, "daemon.log"), errors="replace") as f:
-                return f.read()[-4000:]
+                return f.read()
         except OSError:
             return ""
 
