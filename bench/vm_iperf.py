@@ -114,6 +114,8 @@ def iperf(dst, seconds):
     try:
         time.sleep(1.0)
         out = json.loads(sh("iperf3", "-c", dst, "-t", str(seconds), "-J", ns="a"))
+        if "sum_received" not in out.get("end", {}):
+            raise RuntimeError(f"iperf3: {out.get('error', 'no result')}")
         return round(out["end"]["sum_received"]["bits_per_second"] / 1e6, 1)
     finally:
         if server.poll() is None:

@@ -59,6 +59,9 @@ def test_kernel_backend_sites_in_vm():
     line, counts = _summary(res.output)
     print(f"\nkernel-backend VM test: {res}; wall {wall:.1f} s, boot "
           f"{res.boot_seconds or 0:.1f} s; guest pytest: {line}")
+    slowest = res.output.find("slowest")
+    if slowest >= 0:
+        print("guest " + res.output[slowest:].split("\n\n")[0])
     tail = res.output[-6000:] if res.output else res.console[-4000:]
     assert not res.timed_out, f"VM timed out after {VM_TIMEOUT:.0f} s:\n{tail}"
     assert counts is not None, f"no pytest summary in the guest output (rc={res.returncode}):\n{tail}"
