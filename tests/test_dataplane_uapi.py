@@ -228,16 +228,20 @@ def test_adopts_its_own_namespace_process_only(mesh, netns):  # noqa: F811
 # --- no root needed ----------------------------------------------------------------------------
 
 def test_resolve_endpoints(monkeypatch):
-    be = UapiBackend("lmtest0")
-    assert be._resolve("[fd00::0:1]:51820") == ["[fd00::1]:51820"]
-    assert "127.0.0.1:51820" in be._resolve("localhost:51820")
+    import logging
+    from lanmesh.dataplane.endpoint import resolve
+
+    def res(ep):
+        return resolve(ep, logging.getLogger("test"), "lmtest0")
+    assert res("[fd00::0:1]:51820") == ["[fd00::1]:51820"]
+    assert "127.0.0.1:51820" in res("localhost:51820")
     with pytest.raises(BackendError, match="expected host:port"):
-        be._resolve("fd00::1")
+        res("fd00::1")
 
     def fail(*a, **kw):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     monkeypatch.setattr(socket, "getaddrinfo", fail)
-    assert be._resolve("gone.example.net:51820") == []       # keep the current endpoint
+    assert res("gone.example.net:51820") == []       # keep the current endpoint
 
 
 def test_bad_state_fails_before_starting_anything():

@@ -16,10 +16,10 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 
 from ..errors import BackendError
 from . import nft
+from .offloop import off_loop
 
 RTPROT_LANMESH = 108          # our routes' protocol tag: how we find (only) our own routes
 MAIN_TABLE = 254
@@ -234,26 +234,7 @@ def _write(path, value):
 
 def _netlink(fn, *args):
     """Run fn(ipr, *args) with a fresh IPRoute (~2 ms; imported lazily: ~25 MB RSS)."""
-    import asyncio
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return _with_ipr(fn, *args)
-    # pyroute2's sync API drives its own event loop and fails on a thread whose loop is
-    # running; the daemon should call us via asyncio.to_thread, but stay correct anyway.
-    box = {}
-
-    def run():
-        try:
-            box["result"] = _with_ipr(fn, *args)
-        except BaseException as exc:    # re-raised on the caller's thread
-            box["error"] = exc
-    t = threading.Thread(target=run, name="lanmesh-netlink")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
+    return off_loop(_with_ipr, fn, *args)
 
 
 def _with_ipr(fn, *args):

@@ -6,14 +6,14 @@
 import errno
 import logging
 import os
-import socket
-import threading
 
 from ..errors import BackendError, LanmeshError
 from ..keys import decode_key, encode_key
+from .endpoint import resolve
 from .hostnet import HostNet
+from .offloop import off_loop
 from .linkstate import PeerStatus
-from .uapi_proto import endpoint_key, format_endpoint, norm_prefix, split_endpoint
+from .uapi_proto import endpoint_key, format_endpoint, norm_prefix
 
 NO_WIREGUARD = ("the kernel has no WireGuard (module `wireguard` is neither loaded nor loadable; "
                 "install kmod-wireguard / the wireguard module, or use backend 'uapi')")
@@ -37,7 +37,7 @@ def kernel_available():
                 ipr.link("del", index=idx)
             return True
     try:
-        return _off_loop(probe)
+        return off_loop(probe)
     except Exception:       # no permission, no netlink: not usable from here either way
         return False
 
@@ -60,12 +60,12 @@ class KernelBackend:
             raise BackendError(f"{self.ifname!r} is not a valid interface name (1-15 characters)")
         desired = self._desired(state)      # bad input fails here, before anything changes
         self._state = state
-        changes = _off_loop(self._configure, desired)
+        changes = off_loop(self._configure, desired)
         return changes + self.hostnet.apply(state)
 
     def peers(self):
         """{public_key: PeerStatus} as the kernel reports them; {} if the link is gone."""
-        dev = _off_loop(self._read)
+        dev = off_loop(self._read)
         if dev is None:
             return {}
         return {k: PeerStatus(k, p["endpoint"], p["last_handshake"], p["rx_bytes"],
@@ -73,7 +73,7 @@ class KernelBackend:
 
     def supervise(self):
         """Recreate the link (and re-apply the last state) if it vanished; True if it did."""
-        if self._state is None or _off_loop(self._link_index) is not None:
+        if self._state is None or off_loop(self._link_index) is not None:
             return False
         self.log.warning(f"{self.ifname}: the WireGuard link is gone; recreating it")
         self.apply(self._state)
@@ -85,7 +85,7 @@ class KernelBackend:
         try:
             self.hostnet.close()
         finally:
-            _off_loop(self._delete_link)
+            off_loop(self._delete_link)
 
     # --- desired state --------------------------------------------------------------------
 
@@ -101,31 +101,11 @@ class KernelBackend:
                     if owner.setdefault(ip, key) != key:
                         raise BackendError(f"allowed IP {ip} is given to two peers "
                                            f"({owner[ip][:8]}… and {key[:8]}…)")
-                peers[key] = {"endpoint": self._resolve(p.endpoint) if p.endpoint else [],
+                peers[key] = {"endpoint": [endpoint_key(e) for e in resolve(p.endpoint, self.log, self.ifname)] if p.endpoint else [],
                               "allowed_ips": ips, "keepalive": p.keepalive}
         except LanmeshError as exc:
             raise BackendError(f"{self.ifname}: {exc}") from None
         return {"private_key": private, "listen_port": state.listen_port, "peers": peers}
-
-    def _resolve(self, endpoint):
-        """'host:port' → candidate (ip, port) pairs; names are resolved on every apply
-        (dynamic DNS). A name that does not resolve now leaves the peer's endpoint alone."""
-        host, port = split_endpoint(endpoint)
-        try:
-            return [endpoint_key(format_endpoint(host, port))]
-        except ValueError:
-            pass
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            self.log.warning(f"{self.ifname}: endpoint {endpoint}: {exc}; keeping the current one")
-            return []
-        out = []
-        for info in infos:
-            ep = endpoint_key(format_endpoint(info[4][0].split("%")[0], port))
-            if ep not in out:
-                out.append(ep)
-        return out
 
     # --- netlink (run off any asyncio loop) -----------------------------------------------
 
@@ -294,24 +274,3 @@ class _netlink_errors:
         raise BackendError(f"{self.ifname}: netlink: {why}") from None
 
 
-def _off_loop(fn, *args):
-    """Run fn here, or on a helper thread when this thread runs an asyncio loop: pyroute2's
-    sync API drives its own loop and fails inside a running one."""
-    import asyncio
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn(*args)
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn(*args)
-        except BaseException as exc:    # re-raised on the caller's thread
-            box["error"] = exc
-    t = threading.Thread(target=run, name="lanmesh-netlink")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")

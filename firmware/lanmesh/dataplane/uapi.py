@@ -3,7 +3,6 @@
 # We own the wireguard-go process: start it, watch its PID, restart it when it dies and
 # re-apply the last state, stop it on close (which removes the tun link with it).
 # Configuration is a diff: read `get=1`, send only what differs (see uapi_proto).
-import ipaddress
 import os
 import signal
 import socket
@@ -15,10 +14,10 @@ from collections import deque
 
 from ..errors import BackendError, LanmeshError
 from ..keys import from_hex, to_hex
+from .endpoint import resolve
 from .hostnet import HostNet
 from .linkstate import PeerStatus
-from .uapi_proto import (UapiError, build_set, check_errno, endpoint_key, errno_text,
-                         format_endpoint, norm_prefix, parse_get, split_endpoint)
+from .uapi_proto import UapiError, build_set, check_errno, endpoint_key, errno_text, norm_prefix, parse_get
 
 SOCK_DIR = "/var/run/wireguard"
 START_TIMEOUT = 5.0     # wireguard-go opens its socket in ~50 ms; allow for a slow router
@@ -109,7 +108,7 @@ class UapiBackend:
         try:
             for b64, p in sorted(state.peers.items()):
                 peers[to_hex(b64)] = {
-                    "endpoint": self._resolve(p.endpoint) if p.endpoint else [],
+                    "endpoint": resolve(p.endpoint, self.log, self.ifname) if p.endpoint else [],
                     "allowed_ips": tuple(sorted({norm_prefix(a) for a in p.allowed_ips})),
                     "keepalive": p.keepalive,
                 }
@@ -117,26 +116,6 @@ class UapiBackend:
         except LanmeshError as exc:
             raise BackendError(f"{self.ifname}: {exc}") from None
         return {"private_key": private, "listen_port": state.listen_port, "peers": peers}
-
-    def _resolve(self, endpoint):
-        """'host:port' → candidate 'ip:port' strings; names are resolved on every apply
-        (dynamic DNS). A name that does not resolve now leaves the peer's endpoint alone."""
-        host, port = split_endpoint(endpoint)
-        try:
-            return [format_endpoint(ipaddress.ip_address(host), port)]
-        except ValueError:
-            pass
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            self.log.warning(f"{self.ifname}: endpoint {endpoint}: {exc}; keeping the current one")
-            return []
-        out = []
-        for info in infos:
-            ep = format_endpoint(info[4][0].split("%")[0], port)
-            if ep not in out:
-                out.append(ep)
-        return out
 
     def _configure(self, desired):
         current = parse_get(self._request("get=1\n\n"))
