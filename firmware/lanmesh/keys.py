@@ -67,15 +67,20 @@ def write_private_key(path, key_b64):
     write_atomic(path, key_b64 + "\n", mode=0o600)
 
 
-def read_private_key(path):
+def read_protected(path, what, error=KeyError_, hint=""):
+    """Text of a secret file; `error` when it is missing or others can read it (like ssh)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise KeyError_(f"{path}: private key file not found (create it with `lanmesh genkey`)")
+        raise error(f"{path}: {what} not found{hint}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyError_(f"{path}: private key file is readable by others "
-                        f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
+        raise error(f"{path}: {what} is readable by others "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
     with open(path) as f:
-        text = f.read()
+        return f.read().strip()
+
+
+def read_private_key(path):
+    text = read_protected(path, "private key file", hint=" (create it with `lanmesh genkey`)")
     _decode(text, f"{path}: private key")
-    return text.strip()
+    return text

@@ -6,10 +6,10 @@ import base64
 import binascii
 import json
 import os
-import stat
 
 from ..atomic import write_atomic
 from ..errors import DocumentError, LanmeshError
+from ..keys import read_protected
 from .. import netdoc
 
 # The envelope adds the signature and a few bytes of JSON to the document.
@@ -57,15 +57,7 @@ def write_key(path, key_b64):
 
 def read_key(path):
     """Read a private signing key; refused when others can read it (like ssh)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise SignatureError(f"{path}: signing key not found") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SignatureError(f"{path}: signing key is readable by others "
-                             f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`")
-    with open(path) as f:
-        text = f.read().strip()
+    text = read_protected(path, "signing key", error=SignatureError)
     _b64_32(text, path)
     return text
 
