@@ -155,7 +155,8 @@ def test_reconcile_add_remove_same_twice(make_lab):
         st = status(lab, s)
         assert "site-b" not in {p["name"] for p in st["peers"]}
         r = lab.ns.exec(s.router, "ip", "route", "show", "dev", s.ifname).stdout
-        assert "198.19.2.0/24" not in r and "198.19.3.0/24" in r or s is c
+        assert "198.19.2.0/24" not in r
+        assert s is c or "198.19.3.0/24" in r
         assert b.public_key not in lab.ns.exec(s.router, "wg", "show", s.ifname, "peers").stdout
     assert lab.wait_ping(a, d, timeout=t)
 

@@ -152,7 +152,7 @@ class Daemon:
                 "rx": p.rx_bytes, "tx": p.tx_bytes, "allowed_ips": list(p.allowed_ips)})
         routes = []
         if doc is not None:
-            hops = desired.direct_plan(doc, self.cfg.name) if self.next_hops is None else self.next_hops
+            hops = desired.plan(doc, self.cfg.name, self.next_hops).next_hops
             for dest, n in sorted(doc.nodes.items()):
                 if dest == self.cfg.name:
                     continue

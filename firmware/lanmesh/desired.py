@@ -9,18 +9,19 @@ def direct_plan(doc, self_name):
     return {name: name for name in doc.nodes if name != self_name}
 
 
-def allowed_ips(doc, self_name, next_hops):
-    """{peer name: [prefixes]} — the mesh core's plan, so both agree by construction."""
+def plan(doc, self_name, next_hops=None):
+    """The mesh core's plan (next hops, allowed IPs per peer) for `next_hops`, or for the
+    direct full mesh when None — one function, so the core and the data plane agree."""
+    if next_hops is None:
+        next_hops = direct_plan(doc, self_name)
     nodes = {name: node_facts(n) for name, n in doc.nodes.items()}
-    return make_plan(self_name, nodes, next_hops).allowed
+    return make_plan(self_name, nodes, next_hops)
 
 
 def link_state(cfg, doc, private_key, next_hops=None):
     me = doc.node(cfg.name)
     s = doc.settings
-    if next_hops is None:
-        next_hops = direct_plan(doc, cfg.name)
-    allowed = allowed_ips(doc, cfg.name, next_hops)
+    allowed = plan(doc, cfg.name, next_hops).allowed
     peers = []
     routes = {doc.overlay4, doc.overlay6}
     for name, n in doc.nodes.items():

@@ -35,7 +35,8 @@ class Namespaces:
         sh("ip", "netns", "add", name)
         self.names.append(name)
         self.exec(name, "ip", "link", "set", "lo", "up")
-        # A router is a router: ours forward, and never answer as a host would to stray ARP.
+        # Relayed traffic can arrive on an interface its source is not routed out of:
+        # strict reverse-path filtering would drop it.
         self.exec(name, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
         return name
 
