@@ -12,8 +12,6 @@ boot; the median of the per-round ratios lanmesh/hand should be 1.0.
     .venv/bin/python bench/vm_iperf.py [--seconds 5] [--rounds 3]
 """
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import statistics
@@ -23,11 +21,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "firmware"))
+from lanmesh.lab.netns import entered  # noqa: E402
 
 NS = {"a": f"lmi{os.getpid() % 10000}a", "b": f"lmi{os.getpid() % 10000}b"}
 WAN = {"a": "198.18.0.1", "b": "198.18.0.2"}
 OVL = {"a": "100.64.0.1", "b": "100.64.0.2"}
-CLONE_NEWNET = 0x40000000
 
 
 def host(seconds, rounds):
@@ -85,21 +83,10 @@ def host(seconds, rounds):
 
 # --- inside the VM ---------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-@contextlib.contextmanager
 def netns(side):
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    fd = os.open(f"/run/netns/{NS[side]}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns failed")
-        yield
-    finally:
-        _libc.setns(home, CLONE_NEWNET)
-        os.close(fd)
-        os.close(home)
+    return entered(NS[side])
 
 
 def sh(*argv, ns=None):

@@ -5,8 +5,6 @@
 # the others, supervise() recreates a deleted link, close() leaves nothing behind.
 # One process for everything: Python imports over 9p under emulation cost seconds.
 # Prints one line per check ("CHECK name ok|FAIL detail") and a "GUEST-RESULT {json}" line.
-import contextlib
-import ctypes
 import json
 import os
 import subprocess
@@ -19,6 +17,7 @@ from lanmesh.dataplane.kernel import KernelBackend, kernel_available  # noqa: E4
 from lanmesh.dataplane.linkstate import LinkState, PeerState  # noqa: E402
 from lanmesh.dataplane.uapi_proto import norm_prefix  # noqa: E402
 from lanmesh.keys import genkey, pubkey  # noqa: E402
+from lanmesh.lab.netns import entered  # noqa: E402
 
 IMPORT_S = time.monotonic() - T0
 PREFIX = f"lmk{os.getpid() % 10000}"
@@ -27,8 +26,6 @@ WAN = {"a": "198.18.0.1", "b": "198.18.0.2"}
 OVL = {"a": ("100.64.0.1", "fd00:64::1"), "b": ("100.64.0.2", "fd00:64::2")}
 IF = "lmwg0"
 PORT = 51820
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 checks, timings = [], {"import_s": round(IMPORT_S, 2)}
 
 
@@ -48,20 +45,8 @@ def sh(*argv, ns=None, check_rc=True):
     return r
 
 
-@contextlib.contextmanager
 def netns(side):
-    """Move this thread into a namespace: the backend works in its caller's namespace,
-    as it does on a router, so every netlink socket and `nft` run it makes lands there."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    fd = os.open(f"/run/netns/{NS[side]}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns failed")
-        yield
-    finally:
-        _libc.setns(home, CLONE_NEWNET)
-        os.close(fd)
-        os.close(home)
+    return entered(NS[side])
 
 
 def setup_namespaces():

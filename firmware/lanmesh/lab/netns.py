@@ -2,6 +2,8 @@
 # Every name carries a per-run prefix; teardown kills only processes inside namespaces this
 # run created (by PID), then deletes the namespaces — also at interpreter exit.
 import atexit
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -16,6 +18,29 @@ def sh(*argv, check=True, input=None, timeout=30):
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
     return r
+
+
+CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+@contextlib.contextmanager
+def entered(name):
+    """Run the block with this thread inside namespace `name` (setns; os.setns needs 3.12),
+    so in-process code such as a backend works there exactly as it would on a router."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+        yield
+    finally:
+        _libc.setns(home, CLONE_NEWNET)
+        os.close(fd)
+        os.close(home)
 
 
 def run_prefix():
