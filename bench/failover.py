@@ -28,11 +28,7 @@ def main():
     args = ap.parse_args()
     gaps, recoveries = [], []
     with Lab(4) as lab:
-        lab.write_document(lab.document())
-        for s in lab.sites:
-            lab.start(s, wait=False)
-        for s in lab.sites:
-            lab.wait_ready(s)
+        lab.start_all()
         a, c = lab.sites[0], lab.sites[2]
         assert lab.wait_direct(timeout=30)
         for i in range(args.cuts):

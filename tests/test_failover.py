@@ -13,11 +13,7 @@ def mesh(make_lab, n=4, relay=None, **kw):
     lab = make_lab(n, **kw)
     for s, r in zip(lab.sites, relay or [True] * n):
         s.relay = r
-    lab.write_document(lab.document())
-    for s in lab.sites:
-        lab.start(s, wait=False)
-    for s in lab.sites:
-        lab.wait_ready(s)
+    lab.start_all()
     assert lab.wait_direct(timeout=20), [lab.routes(s) for s in lab.sites]
     return lab
 

@@ -20,11 +20,7 @@ def test_kernel_and_uapi_sites_interoperate(kernel_wireguard, make_lab):
     lab = make_lab(2, backend=["kernel", "uapi"])
     a, b = lab.sites
     assert (a.backend, b.backend) == ("kernel", "uapi")
-    lab.write_document(lab.document())
-    for s in lab.sites:
-        lab.start(s, wait=False)
-    for s in lab.sites:
-        lab.wait_ready(s, timeout=15 * SLOW)
+    lab.start_all(timeout=15 * SLOW)
     assert lab.wait_ping(a, b, timeout=20 * SLOW), lab.daemon_log(a) + lab.daemon_log(b)
     assert lab.wait_ping(b, a, timeout=10 * SLOW), lab.daemon_log(b)
     for src, dst in ((a, b), (b, a)):

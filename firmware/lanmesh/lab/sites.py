@@ -155,6 +155,18 @@ class Lab:
             self.wait_ready(s)
         return s.proc
 
+    def start_all(self, doc=None, timeout=15):
+        """Write `doc` (default: a new document of every site) and start every site's
+        daemon, all at once, then wait until each answers. Returns the document."""
+        if doc is None:
+            doc = self.document()
+        self.write_document(doc)
+        for s in self.sites:
+            self.start(s, wait=False)
+        for s in self.sites:
+            self.wait_ready(s, timeout)
+        return doc
+
     def wait_ready(self, s, timeout=15):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
