@@ -344,9 +344,52 @@ async def readable():
         c.close()
 
 
+async def callbacks():
+    # Signal.wait_ms: the timed wait without a task
+    sig = aio.Signal()
+    print("wait_ms times out", await sig.wait_ms(20))
+    in_thread(sig.set)
+    print("wait_ms woken", await sig.wait_ms(3000))
+    sig.set()
+    print("wait_ms remembered set", await sig.wait_ms(0), "then", await sig.wait_ms(20))
+
+    # Timer: fires once, re-arming moves it, cancel drops it
+    fired = []
+    t = aio.Timer(lambda: fired.append(ticks_diff(ticks_ms(), t0) >= 55))
+    t0 = ticks_ms()
+    t.arm_ms(20)
+    t.arm_ms(60)            # moves it: fires once, at 60 ms
+    await aio.sleep_ms(150)
+    print("timer re-armed fires once, late", fired)
+    t.arm_ms(20)
+    t.cancel()
+    await aio.sleep_ms(60)
+    print("timer cancelled", fired)
+
+    # on_readable: the callback drains every datagram until the watch is closed
+    addr = socket.getaddrinfo("127.0.0.1", PORT)[0][-1]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(addr)
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    got = []
+    w = aio.on_readable(s, lambda: got.append(s.recv(64)))
+    try:
+        for data in (b"x", b"y"):
+            c.sendto(data, addr)
+            await aio.sleep_ms(30)
+        print("on_readable got", got)
+        w.close()
+        c.sendto(b"z", addr)
+        await aio.sleep_ms(30)
+        print("closed watch ignores", got)
+    finally:
+        s.close()
+        c.close()
+
+
 async def main():
     for part in (ordering, sleeping, timeouts, cancelling, queues, gathering, events,
-                 locking, signals, readable):
+                 locking, signals, readable, callbacks):
         print("--", part.__name__)
         await part()
 

@@ -86,6 +86,14 @@ nothing sent -> TimeoutError
 wait_readable cancelled -> CancelledError
 readable again b'two'
 readable in gather b'three'
+-- callbacks
+wait_ms times out False
+wait_ms woken True
+wait_ms remembered set True then False
+timer re-armed fires once, late [True]
+timer cancelled [True]
+on_readable got [b'x', b'y']
+closed watch ignores [b'x', b'y']
 -- run
 run returns first run ['cancelled at exit']
 run again second run ['cancelled at exit']

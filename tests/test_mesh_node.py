@@ -17,7 +17,7 @@ def sends(effects, peer=None):
 def test_probe_is_answered_with_ack_and_digest():
     n = MeshNode("a", doc_nodes(["a", "b"]))
     out = n.handle(MessageReceived("b", wire.encode_probe("b", 77, 5)), T0)
-    (ack,) = sends(out, "b")
+    (ack,) = [m for m in sends(out, "b") if m.type != wire.PROBE]   # our own probe may ride along
     assert ack.type == wire.ACK and ack.seq == 77 and ack.sender == "a"
     assert ack.digest == n.lsdb.digest()
 

@@ -236,6 +236,14 @@ if MICROPYTHON and hasattr(_aio, "ThreadSafeFlag"):
         async def wait(self):
             await self._flag.wait()
 
+        async def wait_ms(self, ms):
+            """True when set, False when `ms` passed first."""
+            try:
+                await _aio.wait_for_ms(self._flag.wait(), ms)
+                return True
+            except _aio.TimeoutError:
+                return False
+
 elif MICROPYTHON:
 
     class Signal:
@@ -252,37 +260,72 @@ elif MICROPYTHON:
                 await _aio.sleep_ms(10)
             self._set = False
 
+        async def wait_ms(self, ms):
+            """True when set, False when `ms` passed first."""
+            from .ticks import ticks_add, ticks_diff, ticks_ms
+            end = ticks_add(ticks_ms(), ms)
+            while not self._set:
+                if ticks_diff(end, ticks_ms()) <= 0:
+                    return False
+                await _aio.sleep_ms(min(10, max(1, ticks_diff(end, ticks_ms()))))
+            self._set = False
+            return True
+
 else:
 
     class Signal:
         """Wakes a waiting task; set() may be called from any thread. Sets made while
-        nobody waits are remembered (once)."""
+        nobody waits are remembered (once). Waiting costs one future and, with a timeout,
+        one timer handle: no task per wait (the mesh loop waits here several times a second)."""
 
         def __init__(self):
             self._set = False
             self._loop = None
-            self._event = None
+            self._fut = None
 
         def set(self):
-            # Flag first, then read the loop; wait() does the reverse. Under the GIL one
+            # Flag first, then read the loop; wait_ms() does the reverse. Under the GIL one
             # of the two always sees the other, so a wake-up cannot be lost.
             self._set = True
             loop = self._loop
             if loop is not None:
                 try:
-                    loop.call_soon_threadsafe(self._event.set)
+                    loop.call_soon_threadsafe(self._wake)
                 except RuntimeError:  # loop closed; the flag is kept for the next one
                     pass
 
+        def _wake(self):
+            # only a set flag completes the wait: a stale _wake (its set() already consumed)
+            # must not end a later wait
+            fut = self._fut
+            if self._set and fut is not None and not fut.done():
+                fut.set_result(None)
+
+        @staticmethod
+        def _expire(fut):
+            if not fut.done():
+                fut.set_result(None)
+
         async def wait(self):
+            await self.wait_ms(None)
+
+        async def wait_ms(self, ms):
+            """True when set, False when `ms` passed first (None: no timeout)."""
             loop = _aio.get_running_loop()
-            if self._loop is not loop:
-                self._event = _aio.Event()
-                self._loop = loop
-            while not self._set:
-                self._event.clear()  # a stale set() from an earlier wake-up
-                await self._event.wait()
+            self._loop = loop
+            if not self._set:
+                fut = self._fut = loop.create_future()
+                timer = None if ms is None else loop.call_later(ms / 1000, self._expire, fut)
+                try:
+                    await fut
+                finally:
+                    self._fut = None
+                    if timer is not None:
+                        timer.cancel()
+                if not self._set:
+                    return False
             self._set = False
+            return True
 
 
 if MICROPYTHON:
@@ -327,3 +370,86 @@ else:
             await fut
         finally:
             loop.remove_reader(obj)
+
+
+class _Watch:
+    __slots__ = ("close",)
+
+
+if MICROPYTHON:
+
+    class Timer:
+        """Calls callback() on the loop once, `ms` after arm_ms(); arming again moves it,
+        cancel() drops it. callback must not block."""
+
+        def __init__(self, callback):
+            self._callback = callback
+            self._task = None
+
+        def arm_ms(self, ms):
+            self.cancel()
+            self._task = create_task(self._later(ms))
+
+        async def _later(self, ms):
+            await _aio.sleep_ms(ms)
+            self._task = None
+            self._callback()
+
+        def cancel(self):
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
+
+else:
+
+    class Timer:
+        """Calls callback() on the loop once, `ms` after arm_ms(); arming again moves it,
+        cancel() drops it. callback must not block. One timer handle, no task."""
+
+        def __init__(self, callback):
+            self._callback = callback
+            self._handle = None
+            self._loop = _aio.get_running_loop()
+
+        def arm_ms(self, ms):
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_later(ms / 1000, self._fire)
+
+        def _fire(self):
+            self._handle = None
+            self._callback()
+
+        def cancel(self):
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
+
+
+if MICROPYTHON:
+
+    def on_readable(obj, callback):
+        """Call callback() on the loop whenever obj is readable, until .close() of the
+        returned watch. callback must drain obj and must not block."""
+        async def pump():
+            while True:
+                await wait_readable(obj)
+                callback()
+
+        task = create_task(pump())
+        w = _Watch()
+        w.close = task.cancel
+        return w
+
+else:
+
+    def on_readable(obj, callback):
+        """Call callback() on the loop whenever obj is readable, until .close() of the
+        returned watch. callback must drain obj (readiness is level-triggered) and must not
+        block. Registered once: no task, future or epoll change per datagram."""
+        loop = _aio.get_running_loop()
+        loop.add_reader(obj, callback)
+        w = _Watch()
+        w.close = lambda: loop.remove_reader(obj)
+        return w
+

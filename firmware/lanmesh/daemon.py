@@ -202,16 +202,10 @@ class Daemon:
                 self._doc_stamp = stamp
                 if stamp is not None:
                     self.request_reload()
-            await self._wake_or(SUPERVISE_MS)
+            await self._wake.wait_ms(SUPERVISE_MS)
             if self._reload:
                 self._reload = False
                 self.reload_local()
-
-    async def _wake_or(self, ms):
-        try:
-            await aio.wait_for_ms(self._wake.wait(), ms)
-        except aio.TimeoutError:
-            pass
 
     async def _serve_control(self, server):
         while not self._stop.is_set():

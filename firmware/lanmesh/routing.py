@@ -6,7 +6,7 @@ import logging
 from . import aio
 from .adapters.udp import MeshSocket, host_of
 from .mesh.node import DocumentChanged, LinkChanged, MeshNode, MessageReceived, RoutesChanged, SendMessage
-from .ticks import ticks_diff, ticks_ms
+from .ticks import ticks_add, ticks_diff, ticks_ms
 
 log = logging.getLogger("lanmesh.mesh")
 IDLE_WAIT_MS = 1000
@@ -21,6 +21,10 @@ class MeshRouting:
         self.by_address = {}
         self.addresses = {}
         self.unknown_source = 0
+        self.wakeups = 0               # reader and timer callbacks run (idle CPU is mostly these)
+        self._watching = None          # the reader registration of self.sock, while running
+        self._timer = None             # the core's deadline timer, while running
+        self._armed = None             # the deadline it is armed for
         self._bind(doc)
 
     def _bind(self, doc):
@@ -30,13 +34,19 @@ class MeshRouting:
         self.by_address = {a: name for name, a in self.addresses.items()}
         if self.sock is not None and (self.sock.address, self.sock.port) == (host_of(me.ipv6), port):
             return
+        watching = self._watching is not None
+        if watching:
+            self._unwatch()
         if self.sock is not None:
             self.sock.close()
         self.sock = MeshSocket(me.ipv6, port)
+        if watching:
+            self._watching = aio.on_readable(self.sock, self._readable)
 
     def document_changed(self, doc):
         self._bind(doc)
         self._effects(self.core.handle(DocumentChanged(list(doc.nodes.values()), doc.settings), ticks_ms()))
+        self._schedule()
 
     def links_up(self):
         links = self.core.status()["links"]
@@ -46,7 +56,7 @@ class MeshRouting:
         st = self.core.status()
         links = [{"peer": p, "up": l["up"], "rtt_ms": l["rtt_ms"], "loss": l["loss_pct"] / 100,
                   "cost": l["cost"], "flaps": l["flaps"]} for p, l in sorted(st["links"].items())]
-        counters = dict(st["counters"], unknown_source=self.unknown_source,
+        counters = dict(st["counters"], unknown_source=self.unknown_source, wakeups=self.wakeups,
                         send_errors=self.sock.send_errors if self.sock else 0)
         return {"links": links, "next_hops": st["next_hops"], "counters": counters}
 
@@ -65,25 +75,61 @@ class MeshRouting:
                 log.info("link %s %s (rtt %s ms, cost %s)", e.peer, "up" if e.up else "DOWN",
                          e.rtt_ms, e.cost)
 
-    async def run(self, stopped):
-        while not stopped.is_set():
-            now = ticks_ms()
-            deadline = self.core.next_deadline()
-            if deadline is None or ticks_diff(deadline, now) <= 0:
-                self._effects(self.core.tick(now))
-                deadline = self.core.next_deadline()
-            wait = IDLE_WAIT_MS if deadline is None else max(0, ticks_diff(deadline, ticks_ms()))
-            if wait > 0:
-                try:
-                    await aio.wait_for_ms(aio.wait_readable(self.sock), wait)
-                except aio.TimeoutError:
-                    pass
+    # The core runs from two loop callbacks, no task: a reader on the mesh socket (datagrams
+    # are handled as they arrive) and one timer armed for the core's next deadline.
+    def _readable(self):
+        self.wakeups += 1
+        try:
             for src, data in self.sock.receive():
                 peer = self.by_address.get(src)
                 if peer is None:
                     self.unknown_source += 1
                     continue
                 self._effects(self.core.handle(MessageReceived(peer, data), ticks_ms()))
+        except Exception:
+            log.exception("mesh: handling a datagram failed")
+        self._schedule()
+
+    def _due(self):
+        self.wakeups += 1
+        self._armed = None
+        try:
+            now = ticks_ms()
+            deadline = self.core.next_deadline()
+            if deadline is None or ticks_diff(deadline, now) <= 0:
+                self._effects(self.core.tick(now))
+        except Exception:
+            log.exception("mesh: tick failed")
+        self._schedule()
+
+    def _schedule(self):
+        """(Re-)arm the timer for the core's next deadline; cheap when it did not move."""
+        if self._timer is None:
+            return
+        now = ticks_ms()
+        deadline = self.core.next_deadline()
+        if deadline is None:
+            deadline = ticks_add(now, IDLE_WAIT_MS)
+        elif deadline == self._armed:
+            return
+        self._armed = deadline
+        self._timer.arm_ms(max(0, ticks_diff(deadline, now)))
+
+    def _unwatch(self):
+        if self._watching is not None:
+            self._watching.close()
+            self._watching = None
+
+    async def run(self, stopped):
+        self._timer = aio.Timer(self._due)
+        self._watching = aio.on_readable(self.sock, self._readable)
+        self._schedule()
+        try:
+            await stopped.wait()
+        finally:
+            self._unwatch()
+            self._timer.cancel()
+            self._timer = None
 
     def close(self):
         if self.sock is not None:

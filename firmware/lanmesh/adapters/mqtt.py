@@ -154,9 +154,7 @@ class MqttLink:
         with self._lock:
             if self._events:
                 return self._events.popleft()
-        try:
-            await aio.wait_for_ms(self._signal.wait(), timeout_ms)
-        except aio.TimeoutError:
+        if not await self._signal.wait_ms(timeout_ms):
             return None
         with self._lock:
             return self._events.popleft() if self._events else None

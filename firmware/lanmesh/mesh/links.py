@@ -83,8 +83,9 @@ class Link:
         return d
 
     # ---- what the node feeds ----------------------------------------------------------------
-    def tick(self, now):
-        """Expire unanswered probes; return a sequence number to probe with, or None."""
+    def tick(self, now, slack=0):
+        """Expire unanswered probes; return a sequence number to probe with, or None. A
+        probe due within `slack` ms goes now: the node is awake anyway (see MeshNode)."""
         t = self.timeout_ms()
         for seq in sorted(self.outstanding):
             if ticks_diff(now, self.outstanding[seq]) >= t:
@@ -92,7 +93,7 @@ class Link:
                 self._outcome(True, now)
         while len(self.expired) > LATE_KEEP:
             del self.expired[min(self.expired)]
-        if ticks_diff(now, self.next_probe_at) < 0:
+        if ticks_diff(self.next_probe_at, now) > slack:
             return None
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         self.outstanding[self.seq] = now
