@@ -330,3 +330,31 @@ def test_idle_node_sleeps_between_deadlines():
     now = sim.now()
     node.tick(now)
     assert ticks_diff(node.next_deadline(), now) > 0
+
+
+def test_probes_share_wake_ups_yet_keep_their_rate():
+    # An idle node's CPU is its wake-ups: probes due soon ride along with whatever woke the
+    # node (a deadline or a message), so five peers do not cost five timers — while every
+    # link is still probed at its interval (never more than 20 % early, never late).
+    names = ["a", "b", "c", "d", "e", "f"]
+    sim = MeshSim(names, delay={("a", n): 3 + 4 * i for i, n in enumerate(names[1:])})
+    sim.run_until(sim.converged, 5000)
+    sent = []                           # (t, peer) of a's probes
+    apply = sim._apply
+
+    def spy(src, effects):
+        if src == "a":
+            for e in effects:
+                if isinstance(e, SendMessage) and wire.decode(e.data).type == wire.PROBE:
+                    sent.append((sim.t, e.peer))
+        apply(src, effects)
+
+    sim._apply = spy
+    sim.run(20000)
+    instants = {t for t, _ in sent}
+    assert len(sent) / len(instants) >= 2.0, (len(sent), len(instants))
+    for peer in names[1:]:
+        ts = [t for t, p in sent if p == peer]
+        gaps = [y - x for x, y in zip(ts, ts[1:])]
+        assert 250 * 0.7 <= min(gaps) and max(gaps) <= 250 * 1.1, (peer, min(gaps), max(gaps))
+        assert len(ts) >= 20000 / 250, (peer, len(ts))
