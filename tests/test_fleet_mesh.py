@@ -2,6 +2,7 @@
 # namespace test bed, a real mosquitto (TLS + passwords + ACL) inside a lab namespace, and
 # `lanmesh fleet …` run by the operator inside the broker's namespace (lab/fleetlab.py).
 import json
+import os
 import time
 
 import pytest
@@ -148,3 +149,63 @@ def test_broker_down_mesh_keeps_running_restart_uses_last_good(fleet_lab):
     v3 = fl.publish(settings={"keepalive": 25})   # and they follow the fleet again
     fl.wait_applied(v3, timeout=30)
     assert lab.status(c)["version"] == v3
+
+
+def test_router_enrolled_over_serial_starts_with_no_document_and_joins(fleet_lab):
+    # Issues 5 + 6 end to end, the technician's whole journey: a router with only its image
+    # defaults is enrolled over its serial console (a real /bin/sh behind a pty, pyserial on
+    # the host end); `lanmesh provision --fleet-dir` registers it and gives it a broker
+    # account; the router boots with no network document at all, refuses the retained one
+    # that does not list it yet, and joins the mesh from the next one the operator publishes.
+    import signal
+    from console_device import Device
+    from lanmesh.atomic import write_atomic
+    from lanmesh.console import provision
+    lab, fl = fleet_lab(2)
+    fl.start_broker()
+    start_all(lab)
+    fl.wait_applied(1, timeout=30)
+    c = lab.add_site()                  # namespaces and addresses; its lab key is thrown away
+    os.unlink(os.path.join(c.dir, "private.key"))
+    write_atomic(c.config_path, json.dumps({  # what a firmware image ships: no name, key, fleet
+        "interface": c.ifname, "backend": c.backend, "document": "network.json",
+        "state_dir": "state", "run_dir": "run"}))
+    dev = Device(c.dir)
+    try:
+        args = argparse_provision().parse_args([
+            "--port", dev.host_port, "--name", c.name, "--lan", c.lan4, "--lan", c.lan6,
+            "--fleet", "lab", "--fleet-dir", fl.dir, "--agent-cmd", dev.agent_cmd])
+        out = []
+        assert provision.run(args, out=out.append) == 0, "\n".join(out)
+        private = open(os.path.join(c.dir, json.load(open(c.config_path))["private_key_file"])).read().strip()
+        assert private.encode() not in bytes(dev.to_host) + bytes(dev.to_device)
+    finally:
+        dev.stop()
+    out = "\n".join(out)
+    reg = fl.fd.registry.node(c.name)
+    assert reg is not None and reg["public_key"] == keys.pubkey(private), out
+    assert "registry    added" in out and "broker      account site-c added" in out, out
+    c.public_key = reg["public_key"]
+    fl.members.append(c)
+    fl.proc.send_signal(signal.SIGHUP)  # the broker reloads its passwd with c's account
+
+    lab.start(c)                        # no document, no last good: it waits for the fleet
+    st = lab.status(c)
+    assert st["version"] is None and st["peers"] == [], st
+    wait_for(lambda: (lab.status(c).get("fleet_state") or {}).get("connected"), 20, "c online")
+    fl.cli("publish")                   # v2 lists c
+    rows = fl.wait_applied(2, timeout=40, sites=lab.sites)
+    assert rows[c.name]["state"] == "online", rows
+    for dst in lab.sites[:2]:
+        assert lab.wait_ping(c, dst, timeout=20), f"{c.name} -> {dst.name}\n{logs(lab)}"
+        assert lab.wait_ping(dst, c, family=6, timeout=20), logs(lab)
+    assert os.path.exists(os.path.join(c.dir, "state", "last-good.json"))
+    assert "not in the document" in lab.daemon_log_full(c)   # v1 refused, v2 taken
+
+
+def argparse_provision():
+    import argparse
+    from lanmesh.console import provision
+    p = argparse.ArgumentParser()
+    provision.add_arguments(p)
+    return p

@@ -118,6 +118,24 @@ def test_broker_config_keeps_passwords_and_revokes(fd, tmp_path):
     assert "allow_anonymous false" in conf and f"acl_file {out}/acl" in conf
 
 
+def test_enrolled_node_credential_is_kept_by_broker_config(tmp_path):
+    # `lanmesh provision --fleet-dir` gives the router its broker account at once; re-running
+    # it reuses the same password; a later broker-config keeps the account.
+    out = str(tmp_path / "broker")
+    brokerconf.write_broker_config(out, "lanmesh/acme/", ["hq"], "ctlpw")
+    hq = brokerconf.read_passwd(os.path.join(out, "passwd"))["hq"]
+    pw = brokerconf.node_credential(out, "branch")
+    assert brokerconf.add_node_credential(out, "branch", pw) is True
+    assert brokerconf.node_credential(out, "branch") == pw          # re-provisioning: same one
+    assert brokerconf.add_node_credential(out, "branch", pw) is False
+    entries = brokerconf.read_passwd(os.path.join(out, "passwd"))
+    assert brokerconf.check_password(pw, entries["branch"]) and entries["hq"] == hq
+    assert oct(os.stat(os.path.join(out, "credentials", "branch.pass")).st_mode & 0o777) == "0o600"
+    fresh = brokerconf.write_broker_config(out, "lanmesh/acme/", ["hq", "branch"], "ctlpw")
+    assert fresh == {}
+    assert brokerconf.check_password(pw, brokerconf.read_passwd(os.path.join(out, "passwd"))["branch"])
+
+
 def test_status_rows_join_registry_and_reports(fd):
     reg = fd.registry
     reg.add_node("hq", pub())

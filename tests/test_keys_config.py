@@ -69,6 +69,14 @@ def test_run_with_bad_config_exits_nonzero(tmp_path):
     (tmp_path / "c.json").write_text("{corrupt")
     r = subprocess.run(LANMESH + ["run", "--config", str(tmp_path / "c.json")], capture_output=True)
     assert r.returncode == 1 and b"not valid JSON" in r.stderr
+    # a static node (no fleet to wait for) with no document: a clear error, not a hang
+    from lanmesh.keys import genkey, write_private_key
+    write_private_key(str(tmp_path / "k"), genkey())
+    (tmp_path / "n.json").write_text(json.dumps({"name": "hq", "private_key_file": "k",
+                                                 "document": "missing.json"}))
+    r = subprocess.run(LANMESH + ["run", "--config", str(tmp_path / "n.json")], capture_output=True,
+                       timeout=30)
+    assert r.returncode == 1 and b"missing.json" in r.stderr, r.stderr
 
 
 def test_doc_check_prints_every_problem(tmp_path):

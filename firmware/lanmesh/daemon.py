@@ -29,6 +29,7 @@ class Daemon:
         self.document_applies = 0      # documents applied (mesh route changes not counted)
         self._stop = None
         self._wake = None
+        self._tasks = None             # the loop's tasks, while running
         self._reload = False
         self._doc_stamp = None
         self.mesh = None
@@ -36,7 +37,8 @@ class Daemon:
 
     # -- documents ------------------------------------------------------------------------
     def initial_document(self):
-        """The local document, or the persisted last good fleet document when newer."""
+        """The local document, or the persisted last good fleet document when newer. None
+        when a fleet router has neither (freshly provisioned): it waits for the fleet's."""
         doc, err = None, None
         try:
             doc = netdoc.load(self.cfg.document)
@@ -49,7 +51,10 @@ class Daemon:
                 log.info("starting on the last good fleet document v%d", good.version)
                 doc = good
         if doc is None:
-            raise err
+            if not self.cfg.fleet:
+                raise err
+            log.warning("no network document yet (%s); waiting for fleet %s's from %s",
+                        "; ".join(err.problems), self.cfg.fleet["name"], self.cfg.fleet["broker"])
         return doc
 
     def check_document(self, doc):
@@ -82,6 +87,8 @@ class Daemon:
                     log.error("restoring the previous state failed too: %s", e)
             raise
         self.document_applies += 1
+        if self.mesh is None:
+            self._start_mesh()
         log.info("applied document %s v%d: %d peers", doc.fleet, doc.version, len(doc.nodes) - 1)
 
     def set_next_hops(self, next_hops):
@@ -133,7 +140,7 @@ class Daemon:
     # -- status ---------------------------------------------------------------------------
     def links_up(self):
         """(links up, links) as the mesh's probes see them (the fleet's commit check)."""
-        return self.mesh.links_up()
+        return self.mesh.links_up() if self.mesh is not None else (0, 0)
 
     def status(self):
         doc = self.document
@@ -173,12 +180,19 @@ class Daemon:
     def start(self):
         """Synchronous part of start-up: errors here exit non-zero with the message."""
         doc = self.initial_document()
-        self.check_document(doc)
+        if doc is not None:
+            self.check_document(doc)
         self.backend = make_backend(self.cfg.backend, self.cfg.interface, log=log)
-        self.apply_document(doc)
+        if doc is not None:
+            self.apply_document(doc)
+        self._doc_stamp = self._document_stamp()
+
+    def _start_mesh(self):
+        """With the first applied document: the mesh core, and its task once running."""
         from .routing import MeshRouting
         self.mesh = MeshRouting(self)
-        self._doc_stamp = self._document_stamp()
+        if self._tasks is not None:
+            self._tasks.append(aio.create_task(self.mesh.run(self._stop)))
 
     def request_reload(self):
         self._reload = True
@@ -216,8 +230,10 @@ class Daemon:
         self._stop = aio.Event()
         self._wake = aio.Signal()
         server = control.listen(self.cfg.control_socket)
-        tasks = [aio.create_task(self._supervise()), aio.create_task(self._serve_control(server)),
-                 aio.create_task(self.mesh.run(self._stop))]
+        tasks = self._tasks = [aio.create_task(self._supervise()),
+                               aio.create_task(self._serve_control(server))]
+        if self.mesh is not None:
+            tasks.append(aio.create_task(self.mesh.run(self._stop)))
         if self.cfg.fleet:
             from .fleet.agent import FleetAgent
             self.fleet = FleetAgent(self.cfg, self, log)
@@ -235,7 +251,8 @@ class Daemon:
             if self.fleet is not None:
                 self.fleet.close()
             server.close()
-            self.mesh.close()
+            if self.mesh is not None:
+                self.mesh.close()
             try:
                 os.unlink(self.cfg.control_socket)
             except OSError:

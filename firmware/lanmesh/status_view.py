@@ -24,8 +24,10 @@ def table(rows, headers):
 
 
 def render(st):
-    out = [f"node {st['node']} on {st['interface']} ({st['backend']}), "
-           f"fleet {st['fleet']} document v{st['version']}, up {st['uptime']:.0f}s"]
+    doc = (f"fleet {st['fleet']} document v{st['version']}" if st["version"] is not None
+           else "no network document yet (waiting for the fleet's)")
+    out = [f"node {st['node']} on {st['interface']} ({st['backend']}), {doc}, "
+           f"up {st['uptime']:.0f}s"]
     if st.get("rejected"):
         out.append("last document rejected: " + "; ".join(st["rejected"]))
     out.append("")

@@ -221,20 +221,32 @@ def _read(path, what):
 
 
 def _node(args, name, lan):
+    """-> (Node, the broker password to record once the device committed it, or None)."""
     d = fleet_defaults(args.fleet_dir)
     ca_file = args.ca_file or d.get("ca_file")
+    password = args.password_file and _read(args.password_file, "password file").strip()
+    credential = None
+    if not password and args.fleet and args.fleet_dir and not args.username:
+        # One pass over the cable: the node's broker account comes from the fleet directory
+        # (the one it has, or a new one recorded once the device committed it).
+        from ..fleet.brokerconf import node_credential
+        password = credential = node_credential(fleet_broker_dir(args.fleet_dir), name)
     return Node(name, lan, fleet=args.fleet,
                 fleet_key=args.fleet_key or (args.fleet_key_file and _read(args.fleet_key_file, "fleet key").strip())
                 or d.get("fleet_key"),
                 broker=args.broker or d.get("broker"), ca=ca_file and _read(ca_file, "CA file"),
-                username=args.username,
-                password=args.password_file and _read(args.password_file, "password file").strip())
+                username=args.username, password=password), credential
+
+
+def fleet_broker_dir(fleet_dir):
+    from ..fleet.controller import FleetDir
+    return FleetDir(fleet_dir).broker_dir
 
 
 def _one(args, port_path, name, lan, out):
     import serial
     login_password = args.login_password_file and _read(args.login_password_file, "login password").strip()
-    node = _node(args, name, lan)
+    node, credential = _node(args, name, lan)
     try:
         port = serial.Serial(port_path, args.baud, timeout=0.05)
     except (serial.SerialException, OSError) as e:
@@ -242,11 +254,11 @@ def _one(args, port_path, name, lan, out):
     with port:
         s = provision(port, node, args.login, login_password, args.agent_cmd, args.rekey,
                       args.dry_run, tries=args.tries, out=out)
-    _summary(args, s, port_path, out)
+    _summary(args, s, port_path, out, credential)
     return s
 
 
-def _summary(args, s, port_path, out):
+def _summary(args, s, port_path, out, credential=None):
     verb = "checked (dry run)" if s["dry_run"] else "provisioned"
     out("%s %s on %s in %.1f s" % (verb, s["name"], port_path, s["seconds"]))
     how = "rotated (--rekey)" if s["rekeyed"] else "new" if s["new_key"] else "kept"
@@ -266,6 +278,14 @@ def _summary(args, s, port_path, out):
         out("  registry    nothing written (no --fleet-dir); register the node with:")
         out("    lanmesh fleet node add %s --public-key %s %s" % (
             s["name"], s["public_key"], " ".join("--lan %s" % p for p in s["lan"])))
+    if credential is not None:
+        from ..fleet.brokerconf import add_node_credential
+        broker_dir = fleet_broker_dir(args.fleet_dir)
+        if add_node_credential(broker_dir, s["name"], credential):
+            out("  broker      account %s added to %s/passwd (reload the broker: SIGHUP)"
+                % (s["name"], broker_dir))
+        else:
+            out("  broker      account %s unchanged" % s["name"])
 
 
 def _batch(args, out):

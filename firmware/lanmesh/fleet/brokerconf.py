@@ -87,6 +87,41 @@ def read_passwd(path):
     return out
 
 
+def node_credential(directory, name):
+    """The node's broker password from credentials/<name>.pass, or a fresh one (which
+    add_node_credential() then records)."""
+    try:
+        with open(os.path.join(directory, "credentials", name + ".pass")) as f:
+            password = f.read().strip()
+        if password:
+            return password
+    except FileNotFoundError:
+        pass
+    return new_password()
+
+
+def add_node_credential(directory, name, password):
+    """Give one node its broker account now (its passwd entry and credentials/<name>.pass),
+    every other entry kept, as write_broker_config keeps it later: what enrolling a router
+    with `lanmesh provision --fleet-dir` does. → True if anything was written."""
+    passwd_path = os.path.join(directory, "passwd")
+    creds_dir = os.path.join(directory, "credentials")
+    cred_path = os.path.join(creds_dir, name + ".pass")
+    entries = read_passwd(passwd_path)
+    try:
+        with open(cred_path) as f:
+            recorded = f.read().strip()
+    except FileNotFoundError:
+        recorded = None
+    if name in entries and check_password(password, entries[name]) and recorded == password:
+        return False
+    entries[name] = hash_password(password)
+    os.makedirs(creds_dir, mode=0o700, exist_ok=True)
+    write_atomic(cred_path, password + "\n", mode=0o600)
+    write_atomic(passwd_path, "".join(f"{u}:{h}\n" for u, h in entries.items()), mode=0o600)
+    return True
+
+
 def write_broker_config(directory, prefix, node_names, controller_password, listen="0.0.0.0",
                         port=8883, ca_file=None, cert_file=None, key_file=None, rotate=()):
     """Write mosquitto.conf, passwd, acl and credentials/<node>.pass into directory.
