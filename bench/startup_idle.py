@@ -6,6 +6,7 @@ of N), and the idle daemon's RSS and CPU over a window, per node.
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -50,8 +51,9 @@ def heavy_libs(pid):
 
 
 # The floor: a bare Python epoll loop that wakes `rate` times a second on a UDP datagram
-# and does nothing else (rate: the mesh loop's own count of reader and timer callbacks). On the shared VMs a wake-up alone costs tens of µs, so the daemon's
-# CPU only means something next to this, measured in the same run.
+# and does nothing else (rate: the mesh loop's own count of reader and timer callbacks).
+# On the shared VMs a wake-up alone costs tens of µs, so the daemon's CPU only means
+# something next to this, measured in the same run.
 FLOOR = """
 import select, socket, sys, time
 rate, seconds = float(sys.argv[1]), float(sys.argv[2])
@@ -70,7 +72,6 @@ print((time.process_time() - t0) / seconds * 100)
 
 
 def floor_cpu(rate, seconds):
-    import subprocess
     out = subprocess.run([sys.executable, "-c", FLOOR, str(rate), str(seconds)],
                          capture_output=True, text=True, check=True).stdout
     return float(out)

@@ -54,16 +54,8 @@ def argv(d, files, *extra, name="branch-7", lan="198.19.7.0/24"):
 
 def run_cli(a):
     lines = []
-    args = _parser().parse_args(a)
-    rc = provision.run(args, out=lines.append)
+    rc = provision.main(a, out=lines.append)
     return rc, "\n".join(lines)
-
-
-def _parser():
-    import argparse
-    p = argparse.ArgumentParser()
-    provision.add_arguments(p)
-    return p
 
 
 def provisioned_state(config_dir):

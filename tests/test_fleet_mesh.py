@@ -172,11 +172,11 @@ def test_router_enrolled_over_serial_starts_with_no_document_and_joins(fleet_lab
         "state_dir": "state", "run_dir": "run"}))
     dev = Device(c.dir)
     try:
-        args = argparse_provision().parse_args([
-            "--port", dev.host_port, "--name", c.name, "--lan", c.lan4, "--lan", c.lan6,
-            "--fleet", "lab", "--fleet-dir", fl.dir, "--agent-cmd", dev.agent_cmd])
         out = []
-        assert provision.run(args, out=out.append) == 0, "\n".join(out)
+        rc = provision.main(["--port", dev.host_port, "--name", c.name, "--lan", c.lan4,
+                             "--lan", c.lan6, "--fleet", "lab", "--fleet-dir", fl.dir,
+                             "--agent-cmd", dev.agent_cmd], out=out.append)
+        assert rc == 0, "\n".join(out)
         private = open(os.path.join(c.dir, json.load(open(c.config_path))["private_key_file"])).read().strip()
         assert private.encode() not in bytes(dev.to_host) + bytes(dev.to_device)
     finally:
@@ -201,11 +201,3 @@ def test_router_enrolled_over_serial_starts_with_no_document_and_joins(fleet_lab
         assert lab.wait_ping(dst, c, family=6, timeout=20), logs(lab)
     assert os.path.exists(os.path.join(c.dir, "state", "last-good.json"))
     assert "not in the document" in lab.daemon_log_full(c)   # v1 refused, v2 taken
-
-
-def argparse_provision():
-    import argparse
-    from lanmesh.console import provision
-    p = argparse.ArgumentParser()
-    provision.add_arguments(p)
-    return p

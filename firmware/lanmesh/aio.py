@@ -265,9 +265,10 @@ elif MICROPYTHON:
             from .ticks import ticks_add, ticks_diff, ticks_ms
             end = ticks_add(ticks_ms(), ms)
             while not self._set:
-                if ticks_diff(end, ticks_ms()) <= 0:
+                left = ticks_diff(end, ticks_ms())
+                if left <= 0:
                     return False
-                await _aio.sleep_ms(min(10, max(1, ticks_diff(end, ticks_ms()))))
+                await _aio.sleep_ms(min(10, left))
             self._set = False
             return True
 

@@ -221,7 +221,7 @@ def _read(path, what):
 
 
 def _node(args, name, lan):
-    """-> (Node, the broker password to record once the device committed it, or None)."""
+    """-> (Node, (broker dir, password) to record once the device committed it, or None)."""
     d = fleet_defaults(args.fleet_dir)
     ca_file = args.ca_file or d.get("ca_file")
     password = args.password_file and _read(args.password_file, "password file").strip()
@@ -230,17 +230,16 @@ def _node(args, name, lan):
         # One pass over the cable: the node's broker account comes from the fleet directory
         # (the one it has, or a new one recorded once the device committed it).
         from ..fleet.brokerconf import node_credential
-        password = credential = node_credential(fleet_broker_dir(args.fleet_dir), name)
+        from ..fleet.controller import FleetDir
+        broker_dir = FleetDir(args.fleet_dir).broker_dir
+        password = node_credential(broker_dir, name)
+        credential = (broker_dir, password)
     return Node(name, lan, fleet=args.fleet,
                 fleet_key=args.fleet_key or (args.fleet_key_file and _read(args.fleet_key_file, "fleet key").strip())
                 or d.get("fleet_key"),
                 broker=args.broker or d.get("broker"), ca=ca_file and _read(ca_file, "CA file"),
                 username=args.username, password=password), credential
 
-
-def fleet_broker_dir(fleet_dir):
-    from ..fleet.controller import FleetDir
-    return FleetDir(fleet_dir).broker_dir
 
 
 def _one(args, port_path, name, lan, out):
@@ -280,8 +279,8 @@ def _summary(args, s, port_path, out, credential=None):
             s["name"], s["public_key"], " ".join("--lan %s" % p for p in s["lan"])))
     if credential is not None:
         from ..fleet.brokerconf import add_node_credential
-        broker_dir = fleet_broker_dir(args.fleet_dir)
-        if add_node_credential(broker_dir, s["name"], credential):
+        broker_dir, password = credential
+        if add_node_credential(broker_dir, s["name"], password):
             out("  broker      account %s added to %s/passwd (reload the broker: SIGHUP)"
                 % (s["name"], broker_dir))
         else:
@@ -353,10 +352,10 @@ def register(subparsers):
     return p
 
 
-def main(argv=None):
+def main(argv=None, out=print):
     p = argparse.ArgumentParser(prog="lanmesh provision")
     add_arguments(p)
-    return run(p.parse_args(argv))
+    return run(p.parse_args(argv), out=out)
 
 
 if __name__ == "__main__":

@@ -87,17 +87,31 @@ def read_passwd(path):
     return out
 
 
+def _credential_path(directory, name):
+    return os.path.join(directory, "credentials", name + ".pass")
+
+
+def _read_credential(directory, name):
+    try:
+        with open(_credential_path(directory, name)) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _write_credential(directory, name, password):
+    os.makedirs(os.path.join(directory, "credentials"), mode=0o700, exist_ok=True)
+    write_atomic(_credential_path(directory, name), password + "\n", mode=0o600)
+
+
+def _write_passwd(path, entries):
+    write_atomic(path, "".join(f"{u}:{h}\n" for u, h in entries.items()), mode=0o600)
+
+
 def node_credential(directory, name):
     """The node's broker password from credentials/<name>.pass, or a fresh one (which
     add_node_credential() then records)."""
-    try:
-        with open(os.path.join(directory, "credentials", name + ".pass")) as f:
-            password = f.read().strip()
-        if password:
-            return password
-    except FileNotFoundError:
-        pass
-    return new_password()
+    return _read_credential(directory, name) or new_password()
 
 
 def add_node_credential(directory, name, password):
@@ -105,20 +119,13 @@ def add_node_credential(directory, name, password):
     every other entry kept, as write_broker_config keeps it later: what enrolling a router
     with `lanmesh provision --fleet-dir` does. → True if anything was written."""
     passwd_path = os.path.join(directory, "passwd")
-    creds_dir = os.path.join(directory, "credentials")
-    cred_path = os.path.join(creds_dir, name + ".pass")
     entries = read_passwd(passwd_path)
-    try:
-        with open(cred_path) as f:
-            recorded = f.read().strip()
-    except FileNotFoundError:
-        recorded = None
-    if name in entries and check_password(password, entries[name]) and recorded == password:
+    if name in entries and check_password(password, entries[name]) and \
+            _read_credential(directory, name) == password:
         return False
     entries[name] = hash_password(password)
-    os.makedirs(creds_dir, mode=0o700, exist_ok=True)
-    write_atomic(cred_path, password + "\n", mode=0o600)
-    write_atomic(passwd_path, "".join(f"{u}:{h}\n" for u, h in entries.items()), mode=0o600)
+    _write_credential(directory, name, password)
+    _write_passwd(passwd_path, entries)
     return True
 
 
@@ -140,13 +147,13 @@ def write_broker_config(directory, prefix, node_names, controller_password, list
             continue
         fresh[name] = new_password()
         entries[name] = hash_password(fresh[name])
-    write_atomic(passwd_path, "".join(f"{u}:{h}\n" for u, h in entries.items()), mode=0o600)
+    _write_passwd(passwd_path, entries)
     write_atomic(os.path.join(directory, "acl"), acl_text(prefix), mode=0o644)
     write_atomic(os.path.join(directory, "mosquitto.conf"),
                  mosquitto_conf(directory, listen, port, ca_file, cert_file, key_file))
     os.makedirs(creds_dir, mode=0o700, exist_ok=True)
     for name, pw in fresh.items():
-        write_atomic(os.path.join(creds_dir, name + ".pass"), pw + "\n", mode=0o600)
+        _write_credential(directory, name, pw)
     for f in os.listdir(creds_dir):
         if f.endswith(".pass") and f[:-5] not in node_names:
             os.unlink(os.path.join(creds_dir, f))   # revoked node: its credential goes too

@@ -190,18 +190,18 @@ class Lab:
         s.proc = None
         return rc
 
-    def routes(self, s):
+    def routes(self, s, retry_s=0):
         """{destination node: next hop or None} as the daemon routes now."""
-        return {r["node"]: r["via"] for r in self.status(s)["routes"]}
+        return {r["node"]: r["via"] for r in self.status(s, retry_s)["routes"]}
 
     def wait_routes(self, s, want, timeout=15):
         """Wait until s routes each destination in `want` {node: next hop} that way."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                got = self.routes(s)
-            except TimeoutError:    # a daemon starved of CPU answers late: ask again
-                continue
+                got = self.routes(s, retry_s=deadline - time.monotonic())
+            except TimeoutError:
+                return False
             if all(got.get(d) == v for d, v in want.items()):
                 return True
             time.sleep(0.05)
@@ -216,8 +216,16 @@ class Lab:
     def reload(self, s):
         s.proc.send_signal(signal.SIGHUP)
 
-    def status(self, s):
-        return control.request(s.control_socket, {"cmd": "status"}, timeout=5)
+    def status(self, s, retry_s=0):
+        """The daemon's status. A daemon starved of CPU (the TCG-emulated VM) may answer
+        later than the 5 s a request waits: it is asked again for up to retry_s."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return control.request(s.control_socket, {"cmd": "status"}, timeout=5)
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
 
     def daemon_log(self, s):
         """The log's last 4000 characters (for assertion messages)."""
