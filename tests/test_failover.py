@@ -84,6 +84,7 @@ def test_slow_direct_path_avoided_then_back_without_flapping(make_lab):
     for x, y in ((a, b), (b, c)):
         lab.impair(x, y, delay_ms=5, jitter_ms=3)
     assert lab.wait_routes(a, {c.name: c.name}, timeout=20), lab.status(a)["links"]
+    assert lab.wait_direct(timeout=5)    # the other end too: the window starts converged
     logs0 = {s.name: len(lab.daemon_log_full(s)) for s in lab.sites}
     time.sleep(30)
     for s in lab.sites:

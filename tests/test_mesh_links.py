@@ -120,6 +120,31 @@ def test_jitter_never_moves_cost_but_a_real_change_does():
     assert 0.75 * (80 + HOP_COST) <= p.link.cost <= 80 + HOP_COST
 
 
+def test_one_stall_never_moves_cost_but_repeated_loss_does():
+    # A host or path that stalls once (a busy router, a scheduler hiccup) makes one probe
+    # late or lost: routes must not move for that (the failover tests saw it reroute).
+    p = Peer(rtt=10)
+    p.run(3000)
+    p.link.take_change()
+    cost = p.link.cost
+    for stall in (60, 400):             # one late probe, then one lost (past its timeout)
+        n = len(p.probes)
+        p.rtt = stall
+        while len(p.probes) == n:
+            p.run(1)
+        p.rtt = 10
+        for _ in range(6000):
+            p.run(1)
+            assert p.link.cost == cost and p.link.up, (stall, p.link.cost)
+    assert p.link.late_acks >= 1
+    p.cut = True                        # now every other probe is lost for a while
+    for i in range(24):
+        p.run(250)
+        p.cut = not p.cut
+    p.cut = False
+    assert p.link.cost > cost * 1.25, p.link.cost
+
+
 def test_late_and_unknown_acks_are_ignored_and_long_links_wait_longer():
     p = Peer(rtt=10)
     p.run(3000)

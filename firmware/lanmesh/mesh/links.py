@@ -10,6 +10,7 @@ UP_AFTER_MAX = 24       # flap damping: doubled per quick flap, capped (~6 s at 
 FLAP_WINDOW_MS = 10000  # going down sooner than this after coming up counts as a flap
 STABLE_MS = 30000       # up this long clears the flap penalty
 LOSS_WINDOW = 20        # probes
+RTT_MEDIAN_OF = 3       # the smoothed RTT takes the median of this many samples
 HOP_COST = 5            # every hop costs this much on top of RTT: direct wins near-ties
 COST_SWITCH_MS = 3      # advertised cost moves only if the new value differs by more
 COST_SWITCH_PCT = 25    # ... than both this many ms and this percentage
@@ -21,7 +22,7 @@ LATE_KEEP = 8           # timed-out probes remembered for late acks
 class Link:
     __slots__ = ("peer", "interval", "seq", "next_probe_at", "outstanding", "srtt8", "up",
                  "good_run", "miss_run", "up_needed", "history", "probes", "cost", "changed",
-                 "up_since", "_rand", "late_acks", "flaps", "expired")
+                 "up_since", "_rand", "late_acks", "flaps", "expired", "recent")
 
     def __init__(self, peer, now, interval_ms=DEFAULT_INTERVAL_MS, salt=1):
         self.peer = peer
@@ -34,6 +35,7 @@ class Link:
         self.outstanding = {}   # seq -> sent tick
         self.expired = {}       # recently timed-out seq -> sent tick: late acks still teach RTT
         self.srtt8 = None       # smoothed RTT x 8 (ms), integer EWMA with alpha 1/8
+        self.recent = []        # the last RTT_MEDIAN_OF raw samples (ms)
         self.up = False
         self.good_run = 0
         self.miss_run = 0
@@ -51,14 +53,15 @@ class Link:
         return None if self.srtt8 is None else (self.srtt8 + 4) // 8
 
     def loss_pct(self):
-        if not self.probes:
-            return 0
+        return self._lost() * 100 // self.probes if self.probes else 0
+
+    def _lost(self):
         lost = 0
         h = self.history
         for _ in range(self.probes):
             lost += h & 1
             h >>= 1
-        return lost * 100 // self.probes
+        return lost
 
     def take_change(self):
         c = self.changed
@@ -114,7 +117,12 @@ class Link:
         self._outcome(False, now)
 
     def _sample(self, ms):
-        ms = max(0, ms)
+        # A median of 3 before the EWMA: one probe made late by a stall (a busy host, a
+        # scheduler hiccup) never reaches the smoothed RTT, two in a row do.
+        self.recent.append(max(0, ms))
+        if len(self.recent) > RTT_MEDIAN_OF:
+            del self.recent[0]
+        ms = sorted(self.recent)[len(self.recent) // 2]
         if self.srtt8 is None:
             self.srtt8 = ms * 8
         else:
@@ -163,8 +171,10 @@ class Link:
         self.changed = True
 
     def raw_cost(self):
-        """Current unsticky cost: RTT + per-hop cost + 1 per % loss."""
-        return max(1, min(MAX_COST, (self.rtt_ms() or 0) + HOP_COST + self.loss_pct()))
+        """Current unsticky cost: RTT + per-hop cost + 1 per % loss. One lost probe in the
+        loss window is forgiven (a stall must not move routes); a second counts both."""
+        loss = max(0, self._lost() - 1) * 100 // self.probes if self.probes else 0
+        return max(1, min(MAX_COST, (self.rtt_ms() or 0) + HOP_COST + loss))
 
     def _update_cost(self):
         new = self.raw_cost()
