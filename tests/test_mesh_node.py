@@ -4,7 +4,12 @@ from lanmesh.ticks import TICKS_PERIOD, ticks_add, ticks_diff
 from lanmesh.mesh import wire
 from lanmesh.mesh.node import (MeshNode, MessageReceived, DocumentChanged, SendMessage,
                                RoutesChanged, LinkChanged)
-from test_mesh_sim import doc_nodes, MeshSim
+from test_mesh_sim import doc_nodes, FakeKeys, MeshSim
+
+
+def signed(lsa, key):
+    lsa.sig = FakeKeys(key).sign(wire.signed_bytes(lsa))
+    return lsa
 
 T0 = TICKS_PERIOD - 100
 
@@ -15,7 +20,7 @@ def sends(effects, peer=None):
 
 
 def test_probe_is_answered_with_ack_and_digest():
-    n = MeshNode("a", doc_nodes(["a", "b"]))
+    n = MeshNode("a", doc_nodes(["a", "b"]), keys=FakeKeys("k0"))
     out = n.handle(MessageReceived("b", wire.encode_probe("b", 77, 5)), T0)
     (ack,) = [m for m in sends(out, "b") if m.type != wire.PROBE]   # our own probe may ride along
     assert ack.type == wire.ACK and ack.seq == 77 and ack.sender == "a"
@@ -23,7 +28,7 @@ def test_probe_is_answered_with_ack_and_digest():
 
 
 def test_malformed_and_spoofed_messages_are_counted_and_dropped():
-    n = MeshNode("a", doc_nodes(["a", "b", "c"]))
+    n = MeshNode("a", doc_nodes(["a", "b", "c"]), keys=FakeKeys("k0"))
     n.tick(T0)
     for junk in (b"", b"\xff" * 40, wire.encode_probe("b", 1, 1)[:-1]):
         assert n.handle(MessageReceived("b", junk), T0) == []
@@ -32,13 +37,13 @@ def test_malformed_and_spoofed_messages_are_counted_and_dropped():
     assert n.handle(MessageReceived("c", wire.encode_probe("b", 1, 1)), T0) == []
     assert n.handle(MessageReceived("zz", wire.encode_probe("zz", 1, 1)), T0) == []
     assert n.counters["bad_sender"] == 2
-    (lsas,) = wire.encode_lsas("b", [wire.Lsa("stranger", 1, {})])
+    (lsas,) = wire.encode_lsas("b", [wire.Lsa("stranger", 1, {}, sig=bytes(64))])
     n.handle(MessageReceived("b", lsas), T0)
     assert n.counters["unknown_origin"] == 1 and n.lsdb.get("stranger") is None
 
 
 def test_first_tick_probes_every_peer_soon_and_deadline_advances():
-    n = MeshNode("a", doc_nodes(["a", "b", "c"]))
+    n = MeshNode("a", doc_nodes(["a", "b", "c"]), keys=FakeKeys("k0"))
     assert n.next_deadline() is None             # not started yet
     n.tick(T0)
     probes = {"b": 0, "c": 0}
@@ -89,16 +94,16 @@ def test_effect_types_in_a_cut():
 
 
 def test_document_change_of_probe_interval():
-    n = MeshNode("a", doc_nodes(["a", "b"]), {"probe_interval_ms": 250})
+    n = MeshNode("a", doc_nodes(["a", "b"]), {"probe_interval_ms": 250}, keys=FakeKeys("k0"))
     n.tick(T0)
     n.handle(DocumentChanged(doc_nodes(["a", "b"]), {"probe_interval_ms": 1000}), T0)
     assert n.links["b"].interval == 1000
 
 
 def test_summary_requests_what_is_newer_and_pushes_what_is_missing():
-    n = MeshNode("a", doc_nodes(["a", "b", "c"]))
+    n = MeshNode("a", doc_nodes(["a", "b", "c"]), keys=FakeKeys("k0"))
     n.tick(T0)
-    (lsas,) = wire.encode_lsas("b", [wire.Lsa("c", 4, {"b": 7})])
+    (lsas,) = wire.encode_lsas("b", [signed(wire.Lsa("c", 4, {"b": 7}), "k2")])
     n.handle(MessageReceived("b", lsas), T0)
     # b says: c is at 9 (newer than our 4) and it has never heard of a
     (summary,) = wire.encode_summary("b", [("b", 2), ("c", 9)])
@@ -113,10 +118,10 @@ def test_summary_requests_what_is_newer_and_pushes_what_is_missing():
 
 
 def test_older_copy_is_answered_with_ours():
-    n = MeshNode("a", doc_nodes(["a", "b", "c"]))
+    n = MeshNode("a", doc_nodes(["a", "b", "c"]), keys=FakeKeys("k0"))
     n.tick(T0)
-    (new,) = wire.encode_lsas("c", [wire.Lsa("c", 8, {})])
+    (new,) = wire.encode_lsas("c", [signed(wire.Lsa("c", 8, {}), "k2")])
     n.handle(MessageReceived("c", new), T0)
-    (old,) = wire.encode_lsas("b", [wire.Lsa("c", 3, {})])
+    (old,) = wire.encode_lsas("b", [wire.Lsa("c", 3, {}, sig=bytes(64))])
     msgs = sends(n.handle(MessageReceived("b", old), T0), "b")
     assert [(l.origin, l.seq) for m in msgs for l in m.lsas] == [("c", 8)]

@@ -11,6 +11,43 @@ from lanmesh.mesh import wire
 START = TICKS_PERIOD - 500      # every simulation crosses the tick wrap while starting up
 
 
+def _fake_sig(key, message):
+    h = 0x811C9DC5
+    for c in key.encode() + bytes(message):
+        h = ((h ^ c) * 0x01000193) & 0xFFFFFFFF
+    out = bytearray()
+    for i in range(16):
+        h = ((h ^ i) * 0x01000193) & 0xFFFFFFFF
+        out.extend(h.to_bytes(4, "big"))
+    return bytes(out)
+
+
+class FakeKeys:
+    """Stands in for lanmesh.advert_keys.AdvertKeys in fast simulations and under MicroPython:
+    a "signature" is a checksum of the message keyed by the signer's public key name. Only
+    code that sets out to forge one can; the attack tests use the real AdvertKeys."""
+
+    def __init__(self, public_key):
+        self.public_key = public_key
+
+    def sign(self, message):
+        return _fake_sig(self.public_key, message)
+
+    def verify(self, public_key, message, sig):
+        return sig == _fake_sig(public_key, message)
+
+
+def real_keys(names):
+    """{name: (public key, AdvertKeys)} with real WireGuard keys (XEdDSA-signed adverts)."""
+    from lanmesh.advert_keys import AdvertKeys
+    from lanmesh.keys import genkey, pubkey
+    out = {}
+    for n in names:
+        k = genkey()
+        out[n] = (pubkey(k), AdvertKeys(k))
+    return out
+
+
 def doc_node(i, name, relay=True):
     return {"name": name, "public_key": "k%d" % i, "relay": relay,
             "address": ["100.64.0.%d/32" % (i + 1), "fd00:6c6d::%x/128" % (i + 1)],
@@ -23,16 +60,23 @@ def doc_nodes(names, non_relays=()):
 
 class MeshSim:
     def __init__(self, names, delay=None, non_relays=(), settings=None, node_kw=None, links=None,
-                 start=START):
+                 start=START, keys=None):
         """delay: {(a, b): one-way ms} (either order; default 5 ms). links: pairs that exist at
-        all (default: full mesh)."""
+        all (default: full mesh). keys: real_keys(names) for real signatures (default fake)."""
         self.names = list(names)
         self.doc = doc_nodes(self.names, non_relays)
+        self.keys = {}
+        for n in self.doc:
+            if keys is not None:
+                n["public_key"] = keys[n["name"]][0]
+                self.keys[n["name"]] = keys[n["name"]][1]
+            else:
+                self.keys[n["name"]] = FakeKeys(n["public_key"])
         self.settings = settings or {"probe_interval_ms": 250}
         self.node_kw = node_kw or {}
         self.t = 0                      # absolute ms since start (never wraps)
         self.start = start
-        self.nodes = {n: MeshNode(n, self.doc, self.settings, **self.node_kw) for n in self.names}
+        self.nodes = {n: self._node(n) for n in self.names}
         self.delay = {}
         for (a, b), d in (delay or {}).items():
             self.delay[(a, b)] = self.delay[(b, a)] = d
@@ -69,8 +113,11 @@ class MeshSim:
     def set_delay(self, a, b, ms):
         self.delay[(a, b)] = self.delay[(b, a)] = ms
 
+    def _node(self, name):
+        return MeshNode(name, self.doc, self.settings, keys=self.keys[name], **self.node_kw)
+
     def restart(self, name):
-        self.nodes[name] = MeshNode(name, self.doc, self.settings, **self.node_kw)
+        self.nodes[name] = self._node(name)
         self.plans.pop(name, None)
 
     # ---- running ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from lanmesh.mesh import wire
 from lanmesh.mesh.wire import Lsa, WireError, decode
 
 names = st.from_regex(r"[a-z0-9][a-z0-9-]{0,30}", fullmatch=True)
+SIG = bytes(range(64))
 
 
 def test_probe_and_ack_round_trip():
@@ -17,7 +18,7 @@ def test_probe_and_ack_round_trip():
 
 
 def test_lsas_round_trip_and_split_under_datagram_limit():
-    lsas = [Lsa("n%d" % i, i + 1, {"m%d" % j: j + 1 for j in range(40)}, age_s=i) for i in range(30)]
+    lsas = [Lsa("n%d" % i, i + 1, {"m%d" % j: j + 1 for j in range(40)}, age_s=i, sig=SIG) for i in range(30)]
     msgs = wire.encode_lsas("hq", lsas)
     assert len(msgs) > 1 and all(len(m) <= wire.MAX_DATAGRAM for m in msgs)
     got = [l for m in msgs for l in decode(m).lsas]
@@ -36,17 +37,17 @@ def test_summary_and_request_round_trip():
 @pytest.mark.parametrize("data,why", [
     (b"", "truncated"),
     (b"\x00\x01\x01\x02hq" + bytes(8), "magic"),
-    (b"\xa7\x02\x01\x02hq" + bytes(8), "version"),
-    (b"\xa7\x01\x09\x02hq" + bytes(8), "unknown message type"),
-    (b"\xa7\x01\x01\x02hq" + bytes(9), "trailing"),
-    (b"\xa7\x01\x01\x02hq" + bytes(7), "truncated"),
-    (b"\xa7\x01\x01\x02HQ" + bytes(8), "bad name"),
-    (b"\xa7\x01\x01\x00" + bytes(8), "bad name"),
-    (b"\xa7\x01\x01\x02-q" + bytes(8), "bad name"),
-    (b"\xa7\x01\x03\x02hq\x00", "empty"),
-    (b"\xa7\x01\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01b\x00\x00", "zero cost"),
-    (b"\xa7\x01\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01a\x00\x01", "self link"),
-    (b"\xa7\x01\x04\x02hq\xff\xff\x01a", "truncated"),
+    (b"\xa7\x01\x01\x02hq" + bytes(8), "version"),
+    (b"\xa7\x02\x09\x02hq" + bytes(8), "unknown message type"),
+    (b"\xa7\x02\x01\x02hq" + bytes(9), "trailing"),
+    (b"\xa7\x02\x01\x02hq" + bytes(7), "truncated"),
+    (b"\xa7\x02\x01\x02HQ" + bytes(8), "bad name"),
+    (b"\xa7\x02\x01\x00" + bytes(8), "bad name"),
+    (b"\xa7\x02\x01\x02-q" + bytes(8), "bad name"),
+    (b"\xa7\x02\x03\x02hq\x00", "empty"),
+    (b"\xa7\x02\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01b\x00\x00", "zero cost"),
+    (b"\xa7\x02\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01a\x00\x01", "self link"),
+    (b"\xa7\x02\x04\x02hq\xff\xff\x01a", "truncated"),
 ])
 def test_malformed_raises_wire_error(data, why):
     with pytest.raises(WireError, match=why):
@@ -54,19 +55,22 @@ def test_malformed_raises_wire_error(data, why):
 
 
 def test_every_truncation_of_valid_messages_is_rejected():
-    samples = [wire.encode_probe("hq", 5, 6)] + wire.encode_lsas("hq", [Lsa("a", 3, {"b": 9, "c": 1})]) \
-        + wire.encode_summary("hq", [("a", 1)]) + wire.encode_request("hq", ["a"])
-    for m in samples:
+    samples = [wire.encode_probe("hq", 5, 6)] + wire.encode_lsas("hq", [Lsa("a", 3, {"b": 9, "c": 1}, sig=SIG)])
+    padded = wire.encode_summary("hq", [("a", 1)]) + wire.encode_request("hq", ["a"])
+    for m in samples + [p.rstrip(b"\0") for p in padded]:
         for n in range(len(m)):
             with pytest.raises(WireError):
                 decode(m[:n])
+    assert all(len(p) == wire.MAX_DATAGRAM for p in padded)
 
 
 def test_encoder_refuses_bad_values():
     with pytest.raises(WireError):
         wire.encode_probe("Bad", 1, 1)
     with pytest.raises(WireError):
-        wire.encode_lsas("hq", [Lsa("a", 1, {"b": 0})])
+        wire.encode_lsas("hq", [Lsa("a", 1, {"b": 0}, sig=SIG)])
+    with pytest.raises(WireError, match="not signed"):
+        wire.encode_lsas("hq", [Lsa("a", 1, {"b": 1})])
     with pytest.raises(WireError):
         wire.encode_probe("hq", 1 << 32, 1)
 
@@ -74,7 +78,7 @@ def test_encoder_refuses_bad_values():
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=80))
 def test_random_bytes_never_crash(data):
-    for d in (data, b"\xa7\x01" + data):
+    for d in (data, b"\xa7\x02" + data):
         try:
             decode(d)
         except WireError:
@@ -85,6 +89,23 @@ def test_random_bytes_never_crash(data):
 @given(names, st.lists(st.tuples(names, st.integers(0, 2**32 - 1),
                                  st.dictionaries(names, st.integers(1, 65535), max_size=20)), max_size=12))
 def test_lsa_batches_round_trip(sender, raw):
-    lsas = [Lsa(o, s, {k: v for k, v in links.items() if k != o}) for o, s, links in raw]
+    lsas = [Lsa(o, s, {k: v for k, v in links.items() if k != o}, sig=SIG) for o, s, links in raw]
     got = [l for m in wire.encode_lsas(sender, lsas) for l in decode(m).lsas]
     assert got == lsas
+
+
+def test_summary_and_request_names_are_deduplicated_and_padding_must_be_zero():
+    (req,) = wire.encode_request("hq", ["a", "b", "a", "a", "b"])
+    assert decode(req).origins == ["a", "b"]
+    (summ,) = wire.encode_summary("hq", [("a", 1), ("a", 9), ("b", 2)])
+    assert decode(summ).entries == [("a", 1), ("b", 2)]
+    with pytest.raises(WireError, match="padding"):
+        decode(req[:-1] + b"\x01")
+
+
+def test_lsa_signature_covers_origin_seq_and_links_but_not_age():
+    a = Lsa("a", 3, {"b": 9, "c": 1}, age_s=0)
+    b = Lsa("a", 3, {"c": 1, "b": 9}, age_s=77)
+    assert wire.signed_bytes(a) == wire.signed_bytes(b)
+    for other in (Lsa("x", 3, a.links), Lsa("a", 4, a.links), Lsa("a", 3, {"b": 9})):
+        assert wire.signed_bytes(other) != wire.signed_bytes(a)

@@ -33,7 +33,7 @@ def test_good_document_parses_with_defaults():
     assert d.settings["listen_port"] == 51820 and d.settings["mtu"] == 1420
     n = d.node("site-1")
     assert n.ipv4 == "100.64.0.1/32" and n.ipv6 == "fd00:6c6d::1/128"
-    assert n.lan == ("198.19.1.0/24", "fd00:19:1::/64") and n.relay is True
+    assert n.lan == ("198.19.1.0/24", "fd00:19:1::/64") and n.relay is False   # relays see plaintext: opt in
 
 
 def test_canonical_form_is_sorted_and_compact():

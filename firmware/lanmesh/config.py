@@ -1,14 +1,14 @@
 # The node config (docs/FORMATS.md): one model, read from JSON here and from UCI by
 # lanmesh.uci. Paths are resolved relative to the config file, so a test or an image
 # builder can keep a whole node in one directory.
-import json
 import os
 import re
 
+from . import boundjson
 from .errors import ConfigError
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,30}\Z")     # \Z: "$" would take a trailing newline
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 BACKENDS = ("auto", "kernel", "uapi")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULTS = {
@@ -23,7 +23,7 @@ DEFAULTS = {
     "fleet": None,
 }
 FLEET_KEYS = ("name", "public_key", "broker", "ca_file", "username", "password_file",
-              "cert_file", "key_file", "topic_prefix")
+              "cert_file", "key_file", "topic_prefix", "min_version")
 _PATH_KEYS = ("private_key_file", "document", "state_dir", "run_dir")
 _FLEET_PATH_KEYS = ("ca_file", "password_file", "cert_file", "key_file")
 
@@ -82,6 +82,9 @@ def parse_config(d, path=None):
             for k in ("name", "public_key", "broker"):
                 if not isinstance(fleet.get(k), str) or not fleet.get(k):
                     p.append(f"fleet.{k}: {fleet.get(k)!r} is required")
+            mv = fleet.get("min_version")
+            if mv is not None and (not isinstance(mv, int) or isinstance(mv, bool) or mv < 1):
+                p.append(f"fleet.min_version: {mv!r} is not a positive integer")
     if p:
         raise ConfigError(f"{where}: " + "; ".join(p))
     d = dict(d)
@@ -107,9 +110,7 @@ def load_config(path):
     except OSError as e:
         raise ConfigError(f"{path}: cannot read node config: {e.strerror}") from None
     try:
-        d = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        d = boundjson.loads(data, 1 << 20, path)
+    except boundjson.JsonError as e:
+        raise ConfigError(str(e)) from None
     return parse_config(d, path)

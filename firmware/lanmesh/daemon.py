@@ -67,29 +67,40 @@ class Daemon:
                                  f"{me.public_key} does not match {self.cfg.private_key_file}"])
 
     def apply_document(self, doc):
-        """Reconcile the data plane to `doc`. On failure the previous state is restored
-        (as far as the OS lets us) and the error is raised to the caller."""
+        """Reconcile the data plane and the mesh to `doc`, all or nothing: the mesh socket
+        the document needs is bound first where it can be, and on any failure the previous
+        document, data plane and socket stay (as far as the OS lets us); the error is raised."""
         self.check_document(doc)
+        sock = self.mesh.socket_for(doc) if self.mesh is not None else None
         previous = self.document
         self.document = doc
         try:
-            if self.mesh is not None:
-                self.mesh.document_changed(doc)
             self._reconcile()
+            if self.mesh is None:
+                self._start_mesh()          # the first socket needs the tunnel device
         except LanmeshError:
             self.document = previous
-            if self.mesh is not None and previous is not None:
-                self.mesh.document_changed(previous)
+            if sock is not None and sock is not self.mesh.sock:
+                sock.close()
             if previous is not None:
                 try:
                     self._reconcile()
                 except LanmeshError as e:
                     log.error("restoring the previous state failed too: %s", e)
+            else:
+                self._withdraw()
             raise
+        self.mesh.document_changed(doc, sock)
         self.document_applies += 1
-        if self.mesh is None:
-            self._start_mesh()
         log.info("applied document %s v%d: %d peers", doc.fleet, doc.version, len(doc.nodes) - 1)
+
+    def _withdraw(self):
+        """A first document failed half-way: take the data plane down again."""
+        try:
+            self.backend.close()
+        except LanmeshError as e:
+            log.error("removing the half-applied data plane failed: %s", e)
+        self.link_state = None
 
     def set_next_hops(self, next_hops):
         """Called by the mesh when routes change; a failure is retried on the next change
@@ -190,7 +201,7 @@ class Daemon:
     def _start_mesh(self):
         """With the first applied document: the mesh core, and its task once running."""
         from .routing import MeshRouting
-        self.mesh = MeshRouting(self)
+        self.mesh = MeshRouting(self)       # LanmeshError if its socket cannot be bound
         if self._tasks is not None:
             self._tasks.append(aio.create_task(self.mesh.run(self._stop)))
 
@@ -211,6 +222,8 @@ class Daemon:
                     log.warning("data plane repaired")
             except LanmeshError as e:
                 log.error("data plane repair failed, retrying: %s", e)
+            if self.mesh is not None:
+                self.mesh.check_device()
             stamp = self._document_stamp()
             if stamp != self._doc_stamp:
                 self._doc_stamp = stamp

@@ -32,4 +32,5 @@ def link_state(cfg, doc, private_key, next_hops=None):
                                keepalive=s["keepalive"]))
         routes.update(n.lan)
     return LinkState(cfg.interface, private_key, cfg.listen_port or s["listen_port"], peers,
-                     addresses=(me.ipv4, me.ipv6), routes=routes, mtu=s["mtu"])
+                     addresses=(me.ipv4, me.ipv6), routes=routes, mtu=s["mtu"],
+                     mesh_port=s["mesh_port"])

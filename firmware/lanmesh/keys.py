@@ -17,7 +17,7 @@ def _decode(text, what="key"):
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 32 or len(text) != 44:
-        raise KeyError_(f"{what} {text[:12]!r}…: not a WireGuard key (44 base64 characters)")
+        raise KeyError_(f"{what}: not a WireGuard key (44 base64 characters)")   # never echo key material
     return raw
 
 

@@ -4,12 +4,13 @@
 import json
 import re
 
+from . import boundjson
 from .errors import DocumentError
 from .keys import is_key
-from .prefix import overlaps, parse_endpoint, parse_prefix
+from .prefix import parse_endpoint, parse_prefix
 
 MAX_DOC_BYTES = 1 << 20          # 1 MiB: far above any real fleet, small enough for a router
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,30}\Z")   # match() anchors the start; \Z the end
 DEFAULT_SETTINGS = {"listen_port": 51820, "keepalive": 25, "probe_interval_ms": 250,
                     "confirm_window": 60, "mtu": 1420, "mesh_port": 51821}
 _SETTING_RANGES = {"listen_port": (1, 65535), "keepalive": (0, 3600), "mesh_port": (1, 65535),
@@ -35,7 +36,7 @@ class Node:
         self.ipv6 = next(str(a) for a in addrs if a.version == 6)
         self.lan = tuple(str(parse_prefix(p)) for p in d.get("lan", ()))
         self.endpoints = tuple(d.get("endpoints", ()))
-        self.relay = bool(d.get("relay", True))
+        self.relay = bool(d.get("relay", False))
 
 
 class NetworkDocument:
@@ -65,17 +66,17 @@ class NetworkDocument:
 
 def loads(data, source="document"):
     """bytes/str → NetworkDocument, or DocumentError listing every problem."""
-    if isinstance(data, (bytes, bytearray)):
-        if len(data) > MAX_DOC_BYTES:
-            raise DocumentError([f"{source}: {len(data)} bytes is over the {MAX_DOC_BYTES}-byte limit"])
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DocumentError([f"{source}: not UTF-8 (byte {e.start})"]) from None
+    try:
+        data = boundjson.prepare(data, MAX_DOC_BYTES, source)
+    except boundjson.JsonError as e:
+        raise DocumentError([str(e)]) from None
     if not data.strip():
         raise DocumentError([f"{source}: empty"])
     try:
-        raw = json.loads(data, object_pairs_hook=_no_duplicate_keys)
+        raw = json.loads(data, object_pairs_hook=_no_duplicate_keys,
+                         parse_int=boundjson.parse_int, parse_constant=boundjson.parse_constant)
+    except boundjson.JsonError as e:
+        raise DocumentError([f"{source}: {e}"]) from None
     except _DuplicateKey as e:
         raise DocumentError([f"{source}: duplicate key {e.args[0]!r} in one JSON object"]) from None
     except json.JSONDecodeError as e:
@@ -133,12 +134,26 @@ def validate(raw):
     lans = []
     for i, n in enumerate(nodes):
         _node(i, n, overlay, seen, lans, p)
-    for a in range(len(lans)):
-        for b in range(a + 1, len(lans)):
-            (pa, na), (pb, nb) = lans[a], lans[b]
-            if pa[0] != pb[0] and overlaps(na, nb):
-                p.append(f"{pb[1]}: {str(nb)!r} overlaps {str(na)!r} of node {pa[0]!r}")
+    _lan_overlaps(lans, p)
     return p
+
+
+def _lan_overlaps(lans, p):
+    """Prefixes of different nodes that overlap, in O(n log n): sorted by start (then widest
+    first), a prefix overlaps an earlier one iff it starts before the widest end seen so far."""
+    order = sorted(range(len(lans)), key=lambda k: (lans[k][1].version,
+                                                    int(lans[k][1].network_address),
+                                                    lans[k][1].prefixlen, k))
+    reach = None                        # (version, last address, index) of the widest so far
+    for k in order:
+        (node, at), net = lans[k]
+        first, last = int(net.network_address), int(net.broadcast_address)
+        if reach is not None and reach[0] == net.version and first <= reach[1]:
+            (other, _), onet = lans[reach[2]]
+            if other != node:
+                p.append(f"{at}: {str(net)!r} overlaps {str(onet)!r} of node {other!r}")
+        if reach is None or reach[0] != net.version or last > reach[1]:
+            reach = (net.version, last, k)
 
 
 def _short(v):
@@ -166,6 +181,10 @@ def _settings(s, p):
     if not isinstance(s, dict):
         p.append(f"settings: {_short(s)} must be an object")
         return
+    ports = dict(DEFAULT_SETTINGS, **s)
+    if ports.get("mesh_port") == ports.get("listen_port"):
+        p.append(f"settings.mesh_port: {ports['mesh_port']!r} is WireGuard's listen_port too; "
+                 f"the mesh needs a port of its own")
     for k, v in s.items():
         if k not in _SETTING_RANGES:
             p.append(f"settings.{k}: unknown setting")
@@ -203,7 +222,7 @@ def _node(i, n, overlay, seen, lans, p):
             p.append(f"{at}.lan[{j}]: {pre!r} {e}")
             continue
         for ver, ov in overlay.items():
-            if overlaps(net, ov):
+            if net.version == ov.version and net.overlaps(ov):
                 p.append(f"{at}.lan[{j}]: {pre!r} overlaps the overlay {str(ov)!r}")
         lans.append(((name, f"{at}.lan[{j}]"), net))
     eps = n.get("endpoints", [])

@@ -1,6 +1,9 @@
 # IP prefixes for the network document and config: parse, normalise, overlap, containment.
 # CPython side only (uses ipaddress); the MicroPython cores receive plain strings.
 import ipaddress
+import re
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
 def parse_prefix(text, host=False):
@@ -34,9 +37,23 @@ def parse_endpoint(text):
             raise ValueError("IPv6 endpoints need brackets: [addr]:port")
     if not host:
         raise ValueError("has no host")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not valid_host(host):
+        raise ValueError("has no valid host (an IP address or a DNS name)")
+    if not (port.isascii() and port.isdigit()) or len(port) > 5 or not 1 <= int(port) <= 65535:
         raise ValueError("has no valid port (1-65535)")
     return host, int(port)
+
+
+def valid_host(host):
+    """An IP address literal or a DNS name (RFC 1123 labels): nothing a line-based protocol
+    (UAPI) or a resolver could be confused by."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
 
 
 def overlaps(a, b):

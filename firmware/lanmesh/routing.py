@@ -5,6 +5,8 @@ import logging
 
 from . import aio
 from .adapters.udp import MeshSocket, host_of
+from .advert_keys import AdvertKeys
+from .errors import LanmeshError
 from .mesh.node import DocumentChanged, LinkChanged, MeshNode, MessageReceived, RoutesChanged, SendMessage
 from .ticks import ticks_add, ticks_diff, ticks_ms
 
@@ -16,35 +18,63 @@ class MeshRouting:
     def __init__(self, daemon):
         self.daemon = daemon
         doc = daemon.document
-        self.core = MeshNode(daemon.cfg.name, list(doc.nodes.values()), doc.settings)
+        self.keys = AdvertKeys(daemon.private_key)
+        self.core = MeshNode(daemon.cfg.name, list(doc.nodes.values()), doc.settings, keys=self.keys)
         self.sock = None
         self.by_address = {}
         self.addresses = {}
         self.unknown_source = 0
+        self._wrong_interface_before = 0   # counted by sockets since replaced
         self.wakeups = 0               # reader and timer callbacks run (idle CPU is mostly these)
         self._watching = None          # the reader registration of self.sock, while running
         self._timer = None             # the core's deadline timer, while running
         self._armed = None             # the deadline it is armed for
         self._bind(doc)
 
-    def _bind(self, doc):
+    def socket_for(self, doc):
+        """The mesh socket `doc` needs: the current one if it fits, else a new one bound now
+        (so a document whose port cannot be bound is refused before anything changes).
+        Raises LanmeshError."""
         me = doc.node(self.daemon.cfg.name)
         port = doc.settings["mesh_port"]
+        s = self.sock
+        if s is not None and (s.address, s.port) == (host_of(me.ipv6), port) and not s.stale():
+            return s
+        try:
+            return MeshSocket(me.ipv6, port, self.daemon.cfg.interface)
+        except OSError as e:
+            raise LanmeshError(f"mesh socket [{host_of(me.ipv6)}]:{port} on "
+                               f"{self.daemon.cfg.interface}: {e.strerror or e}") from None
+
+    def _bind(self, doc, sock=None):
         self.addresses = {n.name: host_of(n.ipv6) for n in doc.nodes.values()}
         self.by_address = {a: name for name, a in self.addresses.items()}
-        if self.sock is not None and (self.sock.address, self.sock.port) == (host_of(me.ipv6), port):
+        sock = sock or self.socket_for(doc)
+        if sock is self.sock:
             return
         watching = self._watching is not None
         if watching:
             self._unwatch()
-        if self.sock is not None:
-            self.sock.close()
-        self.sock = MeshSocket(me.ipv6, port)
+        old, self.sock = self.sock, sock
+        if old is not None:
+            self._wrong_interface_before += old.wrong_interface
+            old.close()
         if watching:
             self._watching = aio.on_readable(self.sock, self._readable)
 
-    def document_changed(self, doc):
-        self._bind(doc)
+    def check_device(self):
+        """The tunnel device was recreated (wireguard-go restarted): the socket, bound to the
+        old device, would hear nothing. Rebind; a failure is retried on the next check."""
+        if self.sock is not None and self.sock.stale():
+            try:
+                self._bind(self.daemon.document)
+                log.info("mesh socket rebound to the new %s", self.daemon.cfg.interface)
+            except LanmeshError as e:
+                log.warning("%s", e)
+
+    def document_changed(self, doc, sock=None):
+        """sock: from socket_for(doc), already bound (the daemon's all-or-nothing apply)."""
+        self._bind(doc, sock)
         self._effects(self.core.handle(DocumentChanged(list(doc.nodes.values()), doc.settings), ticks_ms()))
         self._schedule()
 
@@ -57,8 +87,12 @@ class MeshRouting:
         links = [{"peer": p, "up": l["up"], "rtt_ms": l["rtt_ms"], "loss": l["loss_pct"] / 100,
                   "cost": l["cost"], "flaps": l["flaps"]} for p, l in sorted(st["links"].items())]
         counters = dict(st["counters"], unknown_source=self.unknown_source, wakeups=self.wakeups,
-                        send_errors=self.sock.send_errors if self.sock else 0)
-        return {"links": links, "next_hops": st["next_hops"], "counters": counters}
+                        send_errors=self.sock.send_errors if self.sock else 0,
+                        wrong_interface=self._wrong_interface_before +
+                        (self.sock.wrong_interface if self.sock else 0),
+                        adverts_signed=self.keys.signed, adverts_verified=self.keys.verified)
+        return {"links": links, "next_hops": st["next_hops"], "counters": counters,
+                "lsdb": st["lsdb"]}
 
     def _effects(self, effects):
         for e in effects:

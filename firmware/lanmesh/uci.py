@@ -13,7 +13,7 @@ NODE_OPTIONS = {"name": "str", "comment": "str", "interface": "str", "backend": 
                 "run_dir": "path", "listen_port": "port", "log_level": "str"}
 FLEET_OPTIONS = {"name": "str", "public_key": "str", "broker": "str", "ca_file": "path",
                  "username": "str", "password_file": "path", "cert_file": "path",
-                 "key_file": "path", "topic_prefix": "str"}
+                 "key_file": "path", "topic_prefix": "str", "min_version": "int"}
 # Not part of node.json: read by the init script, uci-defaults and the console agent.
 SERVICE_OPTIONS = {"enabled": "bool", "lan_interface": "str", "lan_prefix": "list",
                    "console_device": "str", "console_baud": "int"}
@@ -171,8 +171,8 @@ def _convert(kind, value, where):
             return False
         raise ValueError(f"{value!r} is not a boolean (1/0, yes/no, on/off, true/false)")
     if kind in ("port", "int"):
-        if not value.isdigit():
-            raise ValueError(f"{value!r} is not a whole number")
+        if not (value.isascii() and value.isdigit()) or len(value) > 10:
+            raise ValueError(f"{value[:20]!r} is not a whole number")
         v = int(value)
         if kind == "port" and not 1 <= v <= 65535:
             raise ValueError(f"{v} is not a port (1-65535)")

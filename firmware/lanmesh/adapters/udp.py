@@ -1,11 +1,20 @@
-# The mesh's UDP socket: bound to this node's pinned overlay IPv6 address on the tunnel,
-# so every datagram travels inside WireGuard and its source address names the sending peer
-# (WireGuard only accepts a pinned /128 from the peer that owns it).
+# The mesh's UDP socket: bound to this node's pinned overlay IPv6 address *and* to the tunnel
+# device, so it only ever receives what arrived through WireGuard, where the source address
+# names the sending peer (WireGuard only accepts a pinned /128 from the peer that owns it).
+# Linux would otherwise deliver a datagram for our address that came in on any interface
+# (the weak host model): a LAN host could send from a peer's pinned address and pose as it.
+# Each datagram's arrival interface is checked again (IPV6_PKTINFO), and the nft table drops
+# the mesh port on every other interface (dataplane/nft.py): three locks, one door.
 import errno
 import socket
+import struct
 
 IPV6_FREEBIND = 78          # bind before DAD/address set-up finishes (Linux)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 MAX_DATAGRAM = 2048
+_CMSG_SPACE = socket.CMSG_SPACE(20)
 
 
 def host_of(prefix):
@@ -14,20 +23,40 @@ def host_of(prefix):
     return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, addr))
 
 
+def ifindex(ifname):
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
 class MeshSocket:
-    def __init__(self, address, port):
+    """Raises OSError when it cannot bind (address, port) on `ifname`."""
+
+    def __init__(self, address, port, ifname):
         self.address = host_of(address)
         self.port = port
+        self.ifname = ifname
         self.send_errors = 0
+        self.wrong_interface = 0    # datagrams that arrived on another interface (dropped)
         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:
+            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
+            self.ifindex = ifindex(ifname)
+            if self.ifindex is None:
+                raise OSError(errno.ENODEV, f"no interface {ifname}")
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
             s.bind((self.address, port))
         except OSError:
             s.close()
             raise
         s.setblocking(False)
         self.sock = s
+
+    def stale(self):
+        """True when the tunnel device was recreated (new ifindex): bind a new socket."""
+        return ifindex(self.ifname) != self.ifindex
 
     def fileno(self):
         return self.sock.fileno()
@@ -43,16 +72,26 @@ class MeshSocket:
             self.send_errors += 1
 
     def receive(self):
-        """Every datagram waiting now: [(source address, data)]."""
+        """Every datagram waiting now that arrived on the tunnel: [(source address, data)]."""
         out = []
         while True:
             try:
-                data, src = self.sock.recvfrom(MAX_DATAGRAM)
+                data, anc, flags, src = self.sock.recvmsg(MAX_DATAGRAM, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 return out
             except OSError:
                 return out
+            if _arrived_on(anc) != self.ifindex or flags & socket.MSG_TRUNC:
+                self.wrong_interface += 1
+                continue
             out.append((host_of(src[0]), data))
 
     def close(self):
         self.sock.close()
+
+
+def _arrived_on(ancillary):
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 20:
+            return struct.unpack_from("=I", data, 16)[0]
+    return None

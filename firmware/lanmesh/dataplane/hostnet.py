@@ -203,7 +203,8 @@ class HostNet:
                     changes.append(f"sysctl {path[15:]}={old} (restored)")
 
     def _apply_nft(self, state, changes):
-        text = nft.render(self.ifname, mss_clamp=state.mss_clamp, forwarding=state.forwarding)
+        text = nft.render(self.ifname, mss_clamp=state.mss_clamp, forwarding=state.forwarding,
+                          mesh_port=state.mesh_port)
         if text == self._nft_text:
             return
         self._nft_touched = True

@@ -1,5 +1,7 @@
 # The tunnel's own nftables table, `inet lanmesh_<ifname>`: TCP MSS clamping for SYNs
-# crossing the tunnel and forward accepts for relayed (wg→wg) and site (lan↔wg) traffic.
+# crossing the tunnel, forward accepts for relayed (wg→wg) and site (lan↔wg) traffic, and an
+# input drop of the mesh's UDP port on every interface but the tunnel (mesh messages are
+# only believed when WireGuard delivered them; see adapters/udp.py).
 # The whole table is rendered as text and loaded in one `nft -f -` transaction, so the
 # kernel never sees half a table. We own the table entirely and nothing else.
 import re
@@ -15,7 +17,7 @@ def table_name(ifname):
     return "lanmesh_" + re.sub(r"[^A-Za-z0-9_]", "_", ifname)
 
 
-def render(ifname, mss_clamp=True, forwarding=True):
+def render(ifname, mss_clamp=True, forwarding=True, mesh_port=None):
     """The table as `nft -f` text, or "" when there is nothing to install."""
     if not _SAFE_IFNAME.match(ifname):
         raise BackendError(f"interface name {ifname!r} cannot be used in an nftables rule")
@@ -30,15 +32,24 @@ def render(ifname, mss_clamp=True, forwarding=True):
         # there the firewall zone must allow it too. They document the intent and cover
         # hosts whose forward policy lives in a chain that jumps here.
         rules += [f'iifname "{ifname}" accept', f'oifname "{ifname}" accept']
-    if not rules:
+    chains = []
+    if rules:
+        chains.append(("forward", "forward priority mangle", rules))
+    if mesh_port is not None:
+        if not isinstance(mesh_port, int) or not 0 < mesh_port < 65536:
+            raise BackendError(f"mesh port {mesh_port!r} is not a port")
+        # A drop in any base chain is final, whatever fw4 or another table accepts later.
+        chains.append(("input", "input priority -10", [
+            f'udp dport {mesh_port} iifname != "{ifname}" counter drop comment "mesh port: tunnel only"']))
+    if not chains:
         return ""
-    body = "".join(f"\t\t{r}\n" for r in rules)
-    return (f"table inet {table_name(ifname)} {{\n"
-            f"\tchain forward {{\n"
-            f"\t\ttype filter hook forward priority mangle; policy accept;\n"
-            f"{body}"
-            f"\t}}\n"
-            f"}}\n")
+    out = [f"table inet {table_name(ifname)} {{\n"]
+    for name, hook, lines in chains:
+        out.append(f"\tchain {name} {{\n\t\ttype filter hook {hook}; policy accept;\n")
+        out.extend(f"\t\t{r}\n" for r in lines)
+        out.append("\t}\n")
+    out.append("}\n")
+    return "".join(out)
 
 
 def _run(script):

@@ -51,7 +51,9 @@ def register(sub, groups):
     s.add_argument("--public-key", required=True, help="the node's WireGuard public key")
     s.add_argument("--lan", action="append", default=[], help="site prefix (repeatable)")
     s.add_argument("--endpoint", action="append", default=[], help="host:port (repeatable)")
-    s.add_argument("--no-relay", action="store_true", help="never carry traffic for others")
+    s.add_argument("--relay", action="store_true",
+                   help="may carry other sites' traffic when their direct path fails (until relays "
+                        "are blind, a relay routes that traffic in the clear: see README)")
     fleet_dir(s)
     s.set_defaults(func=cmd_node_add)
     s = ns.add_parser("remove", help="revoke a node: the next published document drops it")
@@ -160,7 +162,7 @@ def cmd_init(args):
 def cmd_node_add(args):
     fd = _fd(args)
     n = fd.registry.add_node(args.name, args.public_key, args.lan, args.endpoint,
-                             relay=not args.no_relay)
+                             relay=args.relay)
     print(f"node {n['name']} added: {', '.join(n['address'])}; run `lanmesh fleet publish`")
     return 0
 

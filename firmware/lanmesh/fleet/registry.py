@@ -119,12 +119,13 @@ class Registry:
     def node(self, name):
         return next((n for n in self.nodes() if n["name"] == name), None)
 
-    def add_node(self, name, public_key, lan=(), endpoints=(), relay=True):
+    def add_node(self, name, public_key, lan=(), endpoints=(), relay=False):
         """Validate against the whole fleet first; nothing is written on error."""
         if name == CONTROLLER_USER:
             raise RegistryError(f"node name {name!r} is reserved for the controller's broker account")
         if not isinstance(public_key, str) or not is_key(public_key):
-            raise RegistryError(f"public key {str(public_key)[:12]!r}…: not a WireGuard public key")
+            raise RegistryError(f"node {name!r}: the public key is not a WireGuard public key "
+                                f"(44 base64 characters)")
         idx = int(self.get("next_index"))
         entry = {"name": name, "public_key": public_key, "address": self._address(idx),
                  "lan": list(lan), "endpoints": list(endpoints), "relay": bool(relay)}

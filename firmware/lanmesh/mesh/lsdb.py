@@ -2,10 +2,13 @@
 # neighbours compare to notice they differ. Flooding decisions (store / ignore / answer with
 # ours / fight back for our own origin) are made here; who to send to is the node's job.
 #
-# Sequence numbers are 32-bit and only grow (≈136 years at one change per second). A node
-# that restarts begins again at 1; when it hears an older copy of its own LSA with a higher
-# seq (neighbours send their copy back when they get an older one), it jumps past it and
-# re-originates (OSPF's "fight back"). If nobody remembers it any more, 1 is accepted as new.
+# Sequence numbers are 32-bit, compared as plain integers and never wrap (they saturate:
+# ≈136 years at one change per second), so no copy ever becomes "newer" by wrapping. A node
+# that restarts begins again at 1; when it hears an older incarnation of its own LSA with a
+# higher seq (neighbours send their copy back when they get an older one), it jumps past it
+# and re-originates (OSPF's "fight back"). If nobody remembers it any more, 1 is accepted as
+# new. The node verifies an LSA's origin signature before store() or a fight-back, so only
+# the origin itself can move its sequence number.
 from ..ticks import ticks_add, ticks_diff
 from .wire import Lsa
 
@@ -47,21 +50,23 @@ class Lsdb:
     def install_own(self, lsa, now):
         self._store(lsa, now, 0)
 
-    def consider(self, lsa, now):
-        """Classify a received LSA and store it if it is newer. Returns NEWER/SAME/OLDER/OWN/EXPIRED."""
-        age_ms = lsa.age_s * 1000
-        if age_ms >= self.max_age:
+    def classify(self, lsa):
+        """NEWER/SAME/OLDER/OWN/EXPIRED for a received LSA; stores nothing (see store)."""
+        if lsa.age_s * 1000 >= self.max_age:
             return EXPIRED
         have = self.lsas.get(lsa.origin)
         if lsa.origin == self.me:
             return OWN if have is None or lsa.seq > have.seq else (SAME if lsa.seq == have.seq else OLDER)
         if have is None or lsa.seq > have.seq:
-            self._store(lsa, now, age_ms)
             return NEWER
         return SAME if lsa.seq == have.seq else OLDER
 
+    def store(self, lsa, now):
+        """Keep a received LSA that classify() called NEWER (and whose signature verified)."""
+        self._store(lsa, now, lsa.age_s * 1000)
+
     def _store(self, lsa, now, age_ms):
-        self.lsas[lsa.origin] = Lsa(lsa.origin, lsa.seq, dict(lsa.links))
+        self.lsas[lsa.origin] = Lsa(lsa.origin, lsa.seq, dict(lsa.links), 0, lsa.sig)
         self.expires[lsa.origin] = ticks_add(now, self.max_age - age_ms)
         self._changed()
 
@@ -94,7 +99,7 @@ class Lsdb:
         lsa = self.lsas[origin]
         left = ticks_diff(self.expires[origin], now)
         age = 0 if origin == self.me else max(0, (self.max_age - left) // 1000)
-        return Lsa(origin, lsa.seq, lsa.links, age)
+        return Lsa(origin, lsa.seq, lsa.links, age, lsa.sig)
 
     def origins(self):
         return sorted(self.lsas)

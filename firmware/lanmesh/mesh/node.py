@@ -1,12 +1,18 @@
 # One node's mesh routing: link monitors for every peer, the link-state database and its
 # flooding, and the routing plan computed from it. Pure: facts and `now` in, effects out.
 #
-#   node = MeshNode("hq", doc["nodes"], doc["settings"])
+#   node = MeshNode("hq", doc["nodes"], doc["settings"], keys=AdvertKeys(private_key))
 #   effects = node.handle(MessageReceived("branch", data), now)   # or DocumentChanged(...)
 #   effects = node.tick(now)          # when now reaches node.next_deadline()
 # Effects: SendMessage(peer, data) - UDP to the peer's pinned probe address, inside the tunnel;
 #          RoutesChanged(plan)       - new allowed IPs per peer (plan.Plan);
 #          LinkChanged(peer, up, rtt_ms, cost) - for the log.
+# `keys` signs our own LSAs and verifies everyone else's against the public key the
+# document lists for their origin (sign(message) -> 64 bytes, verify(public_key, message,
+# sig) -> bool): pure functions, so the core stays pure. An LSA that does not verify is
+# dropped and counted; it never enters the database, moves a route or makes us fight back.
+# What one received datagram makes us send back (LSAs for a REQUEST, SUMMARY or stale
+# copy) is bounded by ANSWER_FACTOR times its size.
 from ..ticks import ticks_add, ticks_diff, ticks_min
 from . import wire
 from .links import Link, DEFAULT_INTERVAL_MS
@@ -18,6 +24,8 @@ PROBE_SLACK_PCT = 20    # probes due within this share of the interval go with t
 SPF_DELAY_MS = 10       # batch the LSAs of one event (both ends of a link) into one computation
 SYNC_AFTER_MS = 1000    # neighbours whose DB digest differs this long get a summary
 SYNC_BACKOFF_MAX_MS = 16000
+ANSWER_FACTOR = 2       # bytes sent in answer to a datagram, at most this many times its size
+FIGHT_BACK_MS = 1000    # re-originations forced by an old copy of our own LSA: at most one per
 
 
 class MessageReceived:
@@ -77,9 +85,18 @@ def _salt(a, b):
     return h
 
 
+def _public_key(n):
+    return n.get("public_key") if isinstance(n, dict) else n.public_key
+
+
 class MeshNode:
-    def __init__(self, name, doc_nodes, settings=None, refresh_ms=REFRESH_MS, max_age_ms=MAX_AGE_MS):
+    def __init__(self, name, doc_nodes, settings=None, keys=None, refresh_ms=REFRESH_MS,
+                 max_age_ms=MAX_AGE_MS):
+        if keys is None:
+            raise TypeError("MeshNode needs keys (sign/verify of link-state adverts)")
         self.name = name
+        self.keys = keys
+        self.public_keys = {}           # name -> public key text, from the document
         self.refresh_ms = refresh_ms
         self.lsdb = Lsdb(name, max_age_ms)
         self.links = {}                 # peer -> Link
@@ -89,7 +106,9 @@ class MeshNode:
         self.adjacent = set()           # peers whose link we advertise as up
         self.plan = None
         self.counters = {"malformed": 0, "bad_sender": 0, "unknown_origin": 0,
+                         "bad_signature": 0, "answers_cut": 0, "fight_backs": 0,
                          "rx_msgs": 0, "rx_bytes": 0, "tx_msgs": 0, "tx_bytes": 0, "spf_runs": 0}
+        self._fight_at = None           # earliest next re-origination forced by a fight-back
         self._now = None
         self._pending_doc = (doc_nodes, settings)
         self._dirty_at = None           # routes need recomputing from this tick on
@@ -165,6 +184,9 @@ class MeshNode:
     def _document(self, doc_nodes, settings, now, out):
         facts = [node_facts(n) for n in doc_nodes]
         self.nodes = {f[0]: f for f in facts}
+        self.public_keys = {}
+        for n in doc_nodes:
+            self.public_keys[node_facts(n)[0]] = _public_key(n)
         if settings and settings.get("probe_interval_ms"):
             self.interval = int(settings["probe_interval_ms"])
         for peer in sorted(self.nodes):
@@ -210,6 +232,7 @@ class MeshNode:
         if m.sender != peer or peer not in self.links:
             self.counters["bad_sender"] += 1
             return False
+        budget = [ANSWER_FACTOR * len(data)]
         if m.type == wire.PROBE:
             out.append(SendMessage(peer, wire.encode_ack(self.name, m.seq, self.lsdb.digest())))
             self._digest_seen(peer, m.digest, now)
@@ -217,23 +240,33 @@ class MeshNode:
             self.links[peer].acked(m.seq, now)
             self._digest_seen(peer, m.digest, now)
         elif m.type == wire.LSAS:
-            self._lsas(peer, m.lsas, now, out)
+            self._lsas(peer, m.lsas, now, out, budget)
         elif m.type == wire.SUMMARY:
-            self._summary(peer, m.entries, now, out)
+            self._summary(peer, m.entries, now, out, budget)
         elif m.type == wire.REQUEST:
             have = [o for o in m.origins if self.lsdb.get(o) is not None]
-            self._send_lsas(peer, have, now, out)
+            self._send_lsas(peer, have, now, out, budget)
         return True
 
-    def _lsas(self, peer, lsas, now, out):
+    def _verified(self, lsa):
+        key = self.public_keys.get(lsa.origin)
+        if key and self.keys.verify(key, wire.signed_bytes(lsa), lsa.sig):
+            return True
+        self.counters["bad_signature"] += 1
+        return False
+
+    def _lsas(self, peer, lsas, now, out, budget):
         forward = {}                    # neighbour -> [origin]
         back = []
         for lsa in lsas:
             if lsa.origin not in self.nodes:
                 self.counters["unknown_origin"] += 1
                 continue
-            verdict = self.lsdb.consider(lsa, now)
+            verdict = self.lsdb.classify(lsa)
+            if verdict in (NEWER, OWN) and not self._verified(lsa):
+                continue
             if verdict == NEWER:
+                self.lsdb.store(lsa, now)
                 self._dirty(now)
                 for n in self.adjacent:
                     # the origin already sent it to every neighbour it lists
@@ -243,14 +276,21 @@ class MeshNode:
             elif verdict == OLDER:
                 back.append(lsa.origin)
             elif verdict == OWN:
-                self.seq = lsa.seq     # a pre-restart copy of ours: jump past it
-                self._originate(now, out)
+                # A genuine copy of ours from before a restart: jump past it. Re-originating
+                # is rate-limited, so even replayed copies cannot make us flood.
+                self.counters["fight_backs"] += 1
+                self.seq = max(self.seq, lsa.seq)
+                if self._fight_at is None or ticks_diff(now, self._fight_at) >= 0:
+                    self._fight_at = ticks_add(now, FIGHT_BACK_MS)
+                    self._originate(now, out)
+                else:
+                    self._refresh_at = ticks_min(self._refresh_at, self._fight_at)
         for n in sorted(forward):
             self._send_lsas(n, forward[n], now, out)
         if back:
-            self._send_lsas(peer, back, now, out)
+            self._send_lsas(peer, back, now, out, budget)
 
-    def _summary(self, peer, entries, now, out):
+    def _summary(self, peer, entries, now, out, budget):
         theirs = {}
         for origin, seq in entries:
             theirs[origin] = seq
@@ -262,9 +302,17 @@ class MeshNode:
         for origin in self.lsdb.origins():
             if origin not in theirs or theirs[origin] < self.lsdb.get(origin).seq:
                 give.append(origin)
-        self._send_lsas(peer, give, now, out)
-        for data in wire.encode_request(self.name, want) if want else ():
+        self._send_lsas(peer, give, now, out, budget)
+        for data in wire.encode_request(self.name, want, self._per_request()) if want else ():
             out.append(SendMessage(peer, data))
+
+    def _per_request(self):
+        # The answer to a padded REQUEST may be twice its size: ask for as many LSAs as
+        # should fit, from the largest LSA this document allows (links to every node).
+        largest = 80 + 3 * len(self.nodes)
+        for n in self.nodes:
+            largest += len(n)
+        return max(1, (ANSWER_FACTOR * wire.MAX_DATAGRAM - 64) // largest)
 
     def _digest_seen(self, peer, digest, now):
         if digest == self.lsdb.digest():
@@ -307,20 +355,28 @@ class MeshNode:
             self._send_lsas(peer, [o for o in self.lsdb.origins() if o != self.name], now, out)
 
     def _originate(self, now, out):
-        self.seq = (self.seq + 1) & wire.U32
+        self.seq = min(self.seq + 1, wire.U32)     # saturates, never wraps (see lsdb)
         links = {}
         for peer in self.adjacent:
             links[peer] = self.links[peer].cost
-        self.lsdb.install_own(wire.Lsa(self.name, self.seq, links), now)
+        lsa = wire.Lsa(self.name, self.seq, links)
+        lsa.sig = self.keys.sign(wire.signed_bytes(lsa))
+        self.lsdb.install_own(lsa, now)
         self._refresh_at = ticks_add(now, self.refresh_ms)
         self._dirty(now)
         for peer in sorted(self.adjacent):
             self._send_lsas(peer, [self.name], now, out)
 
-    def _send_lsas(self, peer, origins, now, out):
+    def _send_lsas(self, peer, origins, now, out, budget=None):
+        """budget: [bytes] left for answers to one received datagram (None: not an answer)."""
         if origins:
             lsas = [self.lsdb.outgoing(o, now) for o in origins]
             for data in wire.encode_lsas(self.name, lsas):
+                if budget is not None:
+                    if len(data) > budget[0]:
+                        self.counters["answers_cut"] += 1
+                        return          # the digest stays different: the next sync asks again
+                    budget[0] -= len(data)
                 out.append(SendMessage(peer, data))
 
     def _dirty(self, now):

@@ -14,7 +14,7 @@ def node_facts(n):
                 v6 = a
             else:
                 v4 = a
-        return n["name"], v4, v6, tuple(n.get("lan", ())), bool(n.get("relay", True))
+        return n["name"], v4, v6, tuple(n.get("lan", ())), bool(n.get("relay", False))
     return n.name, n.ipv4, n.ipv6, tuple(n.lan), bool(n.relay)
 
 

@@ -1,19 +1,26 @@
 # The mesh control messages on the wire: probe, probe-ack, LSAs, DB summary and LSA request.
 # Binary, big-endian, strictly bounds-checked: any malformed datagram raises WireError, which
-# the node counts and drops. Messages travel inside WireGuard between pinned probe addresses,
-# so the tunnel authenticates the sending peer; the sender name inside is checked against it.
+# the node counts and drops. Messages travel inside WireGuard between pinned probe addresses
+# (the socket takes only what arrived through the tunnel), so the tunnel authenticates the
+# neighbour that sent it; the sender name inside is checked against it. An LSA is also
+# signed by its origin (XEdDSA with the origin's WireGuard key, see lanmesh.ed25519), so a
+# neighbour can forward it but not forge or alter it.
 #
-# Every message:  magic 0xA7 | version 1 | type u8 | sender name (u8 len + [a-z0-9-])
+# Every message:  magic 0xA7 | version 2 | type u8 | sender name (u8 len + [a-z0-9-])
 #   PROBE   1:  seq u32 | digest u32              (digest = sender's link-state DB digest)
 #   ACK     2:  seq u32 | digest u32              (seq echoed from the probe)
 #   LSAS    3:  count u8 | count x LSA
 #                 LSA = origin name | seq u32 | age_s u16 | nlinks u16 | nlinks x (name | cost u16)
-#   SUMMARY 4:  count u16 | count x (origin name | seq u32)
-#   REQUEST 5:  count u16 | count x origin name
-# Names follow the document's rule [a-z0-9][a-z0-9-]{0,30}; costs are 1..65535.
+#                       | signature 64 bytes over signed_bytes(LSA) (everything but the age)
+#   SUMMARY 4:  count u16 | count x (origin name | seq u32) | zero padding
+#   REQUEST 5:  count u16 | count x origin name | zero padding
+# SUMMARY and REQUEST are padded to MAX_DATAGRAM: what they make the receiver send back is
+# bounded by twice their size (no amplification), so they must carry the size they ask for.
+# Names follow the document's rule [a-z0-9][a-z0-9-]{0,30}; costs are 1..65535; names in a
+# SUMMARY or REQUEST are de-duplicated on decoding.
 
 MAGIC = 0xA7
-VERSION = 1
+VERSION = 2
 PROBE = 1
 ACK = 2
 LSAS = 3
@@ -21,6 +28,8 @@ SUMMARY = 4
 REQUEST = 5
 MAX_DATAGRAM = 1200  # LSA batches are split to stay under this; one oversized LSA goes alone
 U32 = 0xFFFFFFFF
+SIG_BYTES = 64
+SIGNED_PREFIX = b"lanmesh-lsa-2\x00"   # domain separation: an LSA signature signs nothing else
 
 _NAME_FIRST = b"abcdefghijklmnopqrstuvwxyz0123456789"
 _NAME_REST = _NAME_FIRST + b"-"
@@ -31,19 +40,21 @@ class WireError(ValueError):
 
 
 class Lsa:
-    """One node's advertisement: its up links and their costs. `age_s` is only meaningful
-    on the wire; the database keeps a local expiry instead."""
-    __slots__ = ("origin", "seq", "links", "age_s")
+    """One node's advertisement: its up links and their costs, signed by the origin. `age_s`
+    is only meaningful on the wire (and not signed); the database keeps a local expiry."""
+    __slots__ = ("origin", "seq", "links", "age_s", "sig")
 
-    def __init__(self, origin, seq, links, age_s=0):
+    def __init__(self, origin, seq, links, age_s=0, sig=b""):
         self.origin = origin
         self.seq = seq
         self.links = links      # {neighbor name: cost}
         self.age_s = age_s
+        self.sig = sig          # 64-byte signature over signed_bytes(self)
 
     def __eq__(self, other):
         return (isinstance(other, Lsa) and self.origin == other.origin and self.seq == other.seq
-                and self.links == other.links and self.age_s == other.age_s)
+                and self.links == other.links and self.age_s == other.age_s
+                and self.sig == other.sig)
 
     def __repr__(self):
         return "Lsa(%s#%d %r age=%d)" % (self.origin, self.seq, sorted(self.links.items()), self.age_s)
@@ -117,18 +128,35 @@ def encode_ack(sender, seq, digest):
     return bytes(out)
 
 
+def _links_bytes(out, links):
+    _u16(out, len(links))
+    for n in sorted(links):
+        _name(out, n)
+        c = links[n]
+        if not 1 <= c <= 0xFFFF:
+            raise WireError("cost out of range: %r" % (c,))
+        _u16(out, c)
+
+
+def signed_bytes(lsa):
+    """What the origin signs: prefix | origin | seq | links (not the age, which changes on
+    the way, nor the signature)."""
+    out = bytearray(SIGNED_PREFIX)
+    _name(out, lsa.origin)
+    _u32(out, lsa.seq)
+    _links_bytes(out, lsa.links)
+    return bytes(out)
+
+
 def _lsa_bytes(lsa):
+    if len(lsa.sig) != SIG_BYTES:
+        raise WireError("LSA of %s is not signed" % lsa.origin)
     out = bytearray()
     _name(out, lsa.origin)
     _u32(out, lsa.seq)
     _u16(out, min(lsa.age_s, 0xFFFF))
-    _u16(out, len(lsa.links))
-    for n in sorted(lsa.links):
-        _name(out, n)
-        c = lsa.links[n]
-        if not 1 <= c <= 0xFFFF:
-            raise WireError("cost out of range: %r" % (c,))
-        _u16(out, c)
+    _links_bytes(out, lsa.links)
+    out.extend(lsa.sig)
     return out
 
 
@@ -150,28 +178,35 @@ def encode_lsas(sender, lsas):
 
 
 def encode_summary(sender, entries):
-    """Datagrams listing (origin, seq) for every LSA the sender holds."""
+    """Padded datagrams listing (origin, seq) for every LSA the sender holds."""
     return _chunks(SUMMARY, sender, entries, lambda out, e: (_name(out, e[0]), _u32(out, e[1])))
 
 
-def encode_request(sender, origins):
-    return _chunks(REQUEST, sender, origins, _name)
+def encode_request(sender, origins, per_datagram=255):
+    """Padded datagrams asking for `origins`, at most `per_datagram` each: the answer to one
+    is bounded by twice its size, so the asker splits what it expects to be large."""
+    return _chunks(REQUEST, sender, origins, _name, per_datagram)
 
 
-def _chunks(type, sender, items, put):
+def _chunks(type, sender, items, put, per_datagram=0xFFFF):
     head = _head(type, sender)
     msgs, cur, n = [], bytearray(), 0
     for item in items:
         b = bytearray()
         put(b, item)
-        if n and len(head) + 2 + len(cur) + len(b) > MAX_DATAGRAM:
-            msgs.append(bytes(head) + n.to_bytes(2, "big") + bytes(cur))
+        if n and (n >= per_datagram or len(head) + 2 + len(cur) + len(b) > MAX_DATAGRAM):
+            msgs.append(_padded(head, n, cur))
             cur, n = bytearray(), 0
         cur.extend(b)
         n += 1
     if n:
-        msgs.append(bytes(head) + n.to_bytes(2, "big") + bytes(cur))
+        msgs.append(_padded(head, n, cur))
     return msgs
+
+
+def _padded(head, n, body):
+    data = bytes(head) + n.to_bytes(2, "big") + bytes(body)
+    return data + bytes(max(0, MAX_DATAGRAM - len(data)))
 
 
 # ---- decoding -------------------------------------------------------------------------------
@@ -230,12 +265,27 @@ def decode(data):
             raise WireError("empty LSA batch")
         m = Message(t, sender, lsas=[_lsa(r) for _ in range(count)])
     elif t == SUMMARY:
-        m = Message(t, sender, entries=[(r.name(), r.u32()) for _ in range(r.u16())])
+        entries, seen = [], set()
+        for _ in range(r.u16()):
+            origin, seq = r.name(), r.u32()
+            if origin not in seen:
+                seen.add(origin)
+                entries.append((origin, seq))
+        m = Message(t, sender, entries=entries)
     elif t == REQUEST:
-        m = Message(t, sender, origins=[r.name() for _ in range(r.u16())])
+        origins, seen = [], set()
+        for _ in range(r.u16()):
+            origin = r.name()
+            if origin not in seen:
+                seen.add(origin)
+                origins.append(origin)
+        m = Message(t, sender, origins=origins)
     else:
         raise WireError("unknown message type %d" % t)
-    if r.i != len(r.b):
+    if t == SUMMARY or t == REQUEST:
+        if r.b[r.i:].strip(b"\0"):
+            raise WireError("non-zero padding")
+    elif r.i != len(r.b):
         raise WireError("%d trailing bytes" % (len(r.b) - r.i))
     return m
 
@@ -253,4 +303,5 @@ def _lsa(r):
         if n in links or n == origin:
             raise WireError("duplicate or self link %r" % n)
         links[n] = c
-    return Lsa(origin, seq, links, age)
+    sig = bytes(r.take(SIG_BYTES))
+    return Lsa(origin, seq, links, age, sig)
