@@ -145,6 +145,11 @@ def test_render_has_mss_clamp_both_ways_and_forward_accepts():
     assert "maxseg" not in nft.render("wg0", mss_clamp=False)
     assert "accept\n" not in nft.render("wg0", forwarding=False)
     assert nft.render("wg0", mss_clamp=False, forwarding=False) == ""
+    # the mesh port is dropped on every interface but the tunnel, in a base chain of its own
+    text = nft.render("wg0", mss_clamp=False, forwarding=False, mesh_port=51821)
+    assert 'udp dport 51821 iifname != "wg0" counter drop' in text and "hook input" in text
+    with pytest.raises(BackendError):
+        nft.render("wg0", mesh_port=70000)
 
 
 def test_render_refuses_names_that_would_break_the_rule():

@@ -139,7 +139,8 @@ class Daemon:
         try:
             self.apply_document(doc)
         except LanmeshError as e:
-            log.error("apply failed, previous state kept: %s", e)
+            self.rejected = [f"apply of v{doc.version} failed, previous state kept: {e}"]
+            log.error("%s", self.rejected[0])
 
     def _document_stamp(self):
         try:
@@ -156,7 +157,8 @@ class Daemon:
     def status(self):
         doc = self.document
         now = time.time()
-        mesh = self.mesh.status() if self.mesh is not None else {"links": [], "counters": {}}
+        mesh = self.mesh.status() if self.mesh is not None else {"links": [], "counters": {},
+                                                                  "lsdb": {}}
         names = {n.public_key: n.name for n in doc.nodes.values()} if doc else {}
         peers = []
         for key, p in sorted(self.backend.peers().items(), key=lambda kv: names.get(kv[0], kv[0])):
@@ -177,7 +179,7 @@ class Daemon:
             "backend": getattr(self.backend, "kind", "?"), "public_key": self.public_key,
             "fleet": doc.fleet if doc else None, "version": doc.version if doc else None,
             "uptime": round(now - self.started, 1), "peers": peers,
-            "links": mesh["links"], "mesh": mesh["counters"],
+            "links": mesh["links"], "mesh": mesh["counters"], "lsdb": mesh["lsdb"],
             "routes": routes, "rejected": self.rejected, "document_applies": self.document_applies,
             "fleet_state": self.fleet.state() if self.fleet is not None else None,
         }
