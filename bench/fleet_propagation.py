@@ -107,6 +107,8 @@ def main():
                         prefix=PREFIX, extra_conf="max_queued_messages 5000\n")
         broker.start()
         fd.registry.set("broker", broker.url)
+        fd.registry.set("controller_broker", broker.controller_url)
+    fd.registry.set("controller_broker", broker.controller_url)
         fd.registry.set("ca_file", broker.ca_file)
         opts = fd.broker_options()
         for n in names:

@@ -79,30 +79,43 @@ class Broker:
         os.makedirs(directory, exist_ok=True)
         self.host = host
         self.port = port or free_port(host if not netns_exec else "127.0.0.1")
+        self.controller_port = free_port(host if not netns_exec else "127.0.0.1") if not port \
+            else port + 1
         self.netns_exec = list(netns_exec)
         self.users = dict(users)
         self.proc = None
         self.log_path = os.path.join(directory, "mosquitto.log")
         tls = make_ca(directory, tuple(cert_hosts or (host, "127.0.0.1", "localhost")))
         self.ca_file = tls["ca.pem"]
-        with open(os.path.join(directory, "passwd"), "w") as f:
-            for u, pw in self.users.items():
-                f.write(f"{u}:{brokerconf.hash_password(pw)}\n")
-        os.chmod(os.path.join(directory, "passwd"), 0o600)
+        # as `fleet broker-config` writes them: the controller logs in on its own listener
+        for name, users in (("passwd", {u: p for u, p in self.users.items() if u != "controller"}),
+                            (brokerconf.CONTROLLER_PASSWD, {u: p for u, p in self.users.items()
+                                                            if u == "controller"})):
+            with open(os.path.join(directory, name), "w") as f:
+                for u, pw in users.items():
+                    f.write(f"{u}:{brokerconf.hash_password(pw)}\n")
+            os.chmod(os.path.join(directory, name), 0o600)
         with open(os.path.join(directory, "acl"), "w") as f:
             f.write(acl if acl is not None else brokerconf.acl_text(prefix))
         self.conf = os.path.join(directory, "mosquitto.conf")
         with open(self.conf, "w") as f:
             f.write(brokerconf.mosquitto_conf(directory, host, self.port, tls["ca.pem"],
                                               tls["server.pem"], tls["server.key"],
-                                              persistence=True, log_file=self.log_path))
+                                              persistence=True, log_file=self.log_path,
+                                              controller_port=self.controller_port))
             # Root would drop to the `mosquitto` user, which cannot read the 0600 files here.
             f.write("user root\nsys_interval 1\n" + extra_conf)
 
     @property
     def url(self):
+        """What nodes connect to."""
         h = f"[{self.host}]" if ":" in self.host else self.host
         return f"mqtts://{h}:{self.port}"
+
+    @property
+    def controller_url(self):
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtts://{h}:{self.controller_port}"
 
     def start(self, timeout=10.0):
         start_at = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0

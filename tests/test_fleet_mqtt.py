@@ -1,6 +1,7 @@
 # Fleet control against a real mosquitto on loopback (TLS with a throwaway CA, password
 # file, ACL with pattern rules), real paho clients, the real FleetAgent with a FakeDaemon
 # standing in for the data plane, and the `lanmesh fleet` CLI as an operator runs it.
+import contextlib
 import json
 import logging
 import os
@@ -94,6 +95,7 @@ def fleet(tmp_path):
     broker = Broker(str(tmp_path / "broker"), dict(passwords, controller=ctl), prefix=PREFIX)
     broker.start()
     fd.registry.set("broker", broker.url)
+    fd.registry.set("controller_broker", broker.controller_url)
     fd.registry.set("ca_file", broker.ca_file)
 
     class F:
@@ -223,7 +225,7 @@ def test_bad_documents_rejected_with_reason_nothing_applied(fleet):
     tampered = json.loads(signed(dict(v2, version=3), fd=fleet.fd))
     tampered["doc"]["nodes"][0]["endpoints"] = ["198.18.9.9:51820"]
     reject(json.dumps(tampered).encode(), "signature does not verify with the fleet key")
-    reject(b'{"doc": {"fleet": "acme", "version": 9', "payload is not valid JSON")
+    reject(b'{"doc": {"fleet": "acme", "version": 9', "payload: not valid JSON")
     reject(signed(dict(v2, version=3), key=signing.generate_key()),
            "signature does not verify with the fleet key")
     reject(signed(dict(v2, version=1, settings={"confirm_window": 6}), fd=fleet.fd),
@@ -290,8 +292,10 @@ def test_all_links_lost_after_apply_rolls_back(fleet):
     w.close()
 
 
-def test_acl_from_generated_broker_config(fleet, tmp_path):
-    """`fleet broker-config` output, run by mosquitto: a node writes only its own subtree."""
+@contextlib.contextmanager
+def generated_broker(fleet, tmp_path):
+    """mosquitto running the `fleet broker-config` output → (controller opts, node opts
+    without a user, credentials dir)."""
     out = tmp_path / "gen"
     tls = make_ca(str(tmp_path), ("127.0.0.1",))
     from mqtt_broker import free_port
@@ -307,9 +311,17 @@ def test_acl_from_generated_broker_config(fleet, tmp_path):
     try:
         time.sleep(0.5)
         assert proc.poll() is None
-        url = f"mqtts://127.0.0.1:{port}"
-        ctl = dict(fleet.opts, broker=url, ca_file=tls["ca.pem"])
-        hq = dict(ctl, username="hq", password_file=str(out / "credentials" / "hq.pass"))
+        ctl = dict(fleet.opts, broker=f"mqtts://127.0.0.1:{port + 1}", ca_file=tls["ca.pem"])
+        yield ctl, dict(ctl, broker=f"mqtts://127.0.0.1:{port}"), out / "credentials"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_acl_from_generated_broker_config(fleet, tmp_path):
+    """`fleet broker-config` output, run by mosquitto: a node writes only its own subtree."""
+    with generated_broker(fleet, tmp_path) as (ctl, nodes, creds):
+        hq = dict(nodes, username="hq", password_file=str(creds / "hq.pass"))
         with controller.BrokerSession(ctl) as spy, controller.BrokerSession(hq) as node:
             spy.client.subscribe(PREFIX + "#", 1)
             time.sleep(0.3)
@@ -320,13 +332,43 @@ def test_acl_from_generated_broker_config(fleet, tmp_path):
             spy.changed.wait(3)
             time.sleep(0.5)
             assert spy.messages == {PREFIX + "node/hq/state": b"online"}
-        bad = dict(hq, password_file=str(out / "credentials" / "branch.pass"))
+        bad = dict(hq, password_file=str(creds / "branch.pass"))
         with pytest.raises(Exception, match="refused"):
             with controller.BrokerSession(bad):
                 pass
-    finally:
-        proc.terminate()
-        proc.wait(5)
+
+
+def test_another_nodes_client_id_cannot_kick_it_off(fleet, tmp_path):
+    """The finding: hq connecting with its own credentials but branch's client id kicked
+    branch off and published branch's retained `lost` will. The generated config ties the
+    client id to the username, so branch stays on and no will fires."""
+    from lanmesh.adapters.mqtt import make_client
+    with generated_broker(fleet, tmp_path) as (ctl, nodes, creds):
+        def client(user, client_id, will=None):
+            pw = open(creds / f"{user}.pass").read().strip()
+            c = make_client(nodes["broker"], client_id, ca_file=ctl["ca_file"], username=user,
+                            password=pw, will=will)
+            c.connected = threading.Event()
+            c.on_connect = lambda *a: c.connected.set()
+            c.on_disconnect = lambda *a: c.connected.clear()
+            c.connect(*c._lanmesh_addr, keepalive=30)
+            c.loop_start()
+            assert c.connected.wait(5), user
+            return c
+        with controller.BrokerSession(ctl) as spy:
+            spy.client.subscribe(PREFIX + "node/+/state", 1)
+            victim = client("branch", "lanmesh-branch", will=(PREFIX + "node/branch/state", "lost"))
+            victim.publish(PREFIX + "node/branch/state", "online", qos=1, retain=True).wait_for_publish(5)
+            time.sleep(0.3)
+            thief = client("hq", "lanmesh-branch")
+            time.sleep(1.5)
+            try:
+                assert victim.connected.is_set(), "branch was kicked off by hq's connection"
+                assert spy.messages.get(PREFIX + "node/branch/state") == b"online"
+            finally:
+                for c in (thief, victim):
+                    c.disconnect()
+                    c.loop_stop()
 
 
 NODE_PROC = r"""

@@ -102,7 +102,9 @@ def test_broker_config_keeps_passwords_and_revokes(fd, tmp_path):
     assert set(fresh) == {"hq", "branch"}
     pw = brokerconf.read_passwd(os.path.join(out, "passwd"))
     assert brokerconf.check_password(fresh["hq"], pw["hq"])
-    assert brokerconf.check_password("ctlpw", pw["controller"])
+    assert "controller" not in pw      # the controller has a listener of its own
+    ctl = brokerconf.read_passwd(os.path.join(out, brokerconf.CONTROLLER_PASSWD))
+    assert list(ctl) == ["controller"] and brokerconf.check_password("ctlpw", ctl["controller"])
     assert open(os.path.join(out, "credentials", "hq.pass")).read().strip() == fresh["hq"]
     acl = open(os.path.join(out, "acl")).read()
     assert "pattern readwrite lanmesh/acme/node/%u/#" in acl
@@ -112,10 +114,12 @@ def test_broker_config_keeps_passwords_and_revokes(fd, tmp_path):
     fresh2 = brokerconf.write_broker_config(out, "lanmesh/acme/", ["branch"], "ctlpw")
     assert fresh2 == {}
     pw2 = brokerconf.read_passwd(os.path.join(out, "passwd"))
-    assert set(pw2) == {"controller", "branch"} and pw2["branch"] == pw["branch"]
+    assert set(pw2) == {"branch"} and pw2["branch"] == pw["branch"]
     assert not os.path.exists(os.path.join(out, "credentials", "hq.pass"))
     conf = open(os.path.join(out, "mosquitto.conf")).read()
-    assert "allow_anonymous false" in conf and f"acl_file {out}/acl" in conf
+    assert conf.count("allow_anonymous false") == 2 and f"acl_file {out}/acl" in conf
+    assert "listener 8883 0.0.0.0\nallow_anonymous false\npassword_file " + out + "/passwd\n" in conf
+    assert "use_username_as_clientid true" in conf and "listener 8884 " in conf
 
 
 def test_enrolled_node_credential_is_kept_by_broker_config(tmp_path):

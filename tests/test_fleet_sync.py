@@ -25,7 +25,7 @@ def started(version=1, settle=2000):
 def apply_v2(core, now=T0, links=(2, 2)):
     core.handle(sync.LinksCounted(*links), now)
     eff = core.handle(arrived(2), now)
-    assert kinds(eff) == ["Report", "Apply"]
+    assert kinds(eff) == ["SaveFloor", "Report", "Apply"]
     assert core.reported()["pending_version"] == 2
     eff = core.handle(sync.ApplySucceeded(2), ticks_add(now, 100))
     assert kinds(eff) == ["Report"]
@@ -90,7 +90,7 @@ def test_broker_unreachable_rolls_back_after_window():
     # The retained v2 comes again after reconnect: not re-applied, not re-reported.
     assert core.handle(arrived(2), ticks_add(t, WINDOW + 5000)) == []
     # A newer version is tried.
-    assert kinds(core.handle(arrived(3), ticks_add(t, WINDOW + 6000))) == ["Report", "Apply"]
+    assert kinds(core.handle(arrived(3), ticks_add(t, WINDOW + 6000))) == ["SaveFloor", "Report", "Apply"]
 
 
 def test_all_links_lost_rolls_back_even_with_broker():
@@ -158,7 +158,7 @@ def test_newer_document_supersedes_pending_and_rollback_goes_to_confirmed():
     core = started()
     t = apply_v2(core)
     eff = core.handle(arrived(3), ticks_add(t, 1000))
-    assert kinds(eff) == ["Report", "Apply"]
+    assert kinds(eff) == ["SaveFloor", "Report", "Apply"]
     core.handle(sync.ApplySucceeded(3), ticks_add(t, 1000))
     eff = core.tick(ticks_add(t, 1000 + WINDOW))
     assert kinds(eff) == ["RollBack", "Report"] and eff[0].version == 1
@@ -232,3 +232,26 @@ def test_same_results_under_micropython(tmp_path):
     assert outs[1].returncode == 0, outs[1].stderr
     assert outs[0].stdout == outs[1].stdout
     assert "'RollBack'" in outs[0].stdout and "('applied_version', 3)" in outs[0].stdout
+
+
+def test_downgrade_after_rollback_is_refused_and_a_newer_version_heals():
+    # the finding: v11 was rolled back to v6, then a genuine (signed) v8 was applied
+    core = started(version=6)
+    core.handle(sync.LinksCounted(2, 2), T0)
+    eff = core.handle(arrived(11), T0)
+    assert kinds(eff) == ["SaveFloor", "Report", "Apply"] and eff[0].version == 11
+    core.handle(sync.ApplySucceeded(11), T0)
+    core.tick(ticks_add(T0, WINDOW))                 # broker never came back: rolled back to v6
+    assert core.reported()["applied_version"] == 6 and core.floor == 11
+    assert kinds(core.handle(arrived(8), ticks_add(T0, WINDOW + 10))) == ["Report"]
+    assert "highest this node has verified" in core.reported()["rejected"][-1]["reason"]
+    assert core.reported()["pending_version"] is None
+    assert kinds(core.handle(arrived(12), ticks_add(T0, WINDOW + 20))) == ["SaveFloor", "Report", "Apply"]
+
+
+def test_floor_survives_a_restart_and_a_fresh_node_honours_min_version():
+    core = sync.NodeSync("acme", (6, ("doc", 6), "sig6"), floor=11)     # read back from disk
+    assert kinds(core.handle(arrived(8), T0)) == ["Report"]
+    fresh = sync.NodeSync("acme", None, floor=4)                        # enrolled at v5
+    assert kinds(fresh.handle(arrived(1), T0)) == ["Report"]
+    assert kinds(fresh.handle(arrived(5), T0)) == ["SaveFloor", "Report", "Apply"]

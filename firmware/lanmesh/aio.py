@@ -340,6 +340,13 @@ if MICROPYTHON:
         # yield, which async def cannot hold on CPython (where this is never called).
         yield _core._io_queue.queue_read(obj)
 
+    def _io_wait_write(obj):
+        yield _core._io_queue.queue_write(obj)
+
+    async def wait_writable(obj):
+        """Returns when obj (a socket) is writable. One waiter per object."""
+        await _io_wait_write(obj)
+
     async def wait_readable(obj):
         """Returns when obj (socket, file object or fd) is readable. One waiter per object."""
         if hasattr(_core, "_io_queue"):
@@ -357,20 +364,28 @@ if MICROPYTHON:
 
 else:
 
-    async def wait_readable(obj):
-        """Returns when obj (socket, file object or fd) is readable. One waiter per object."""
-        loop = _aio.get_running_loop()
-        fut = loop.create_future()
+    async def _wait_io(obj, add, remove):
+        fut = _aio.get_running_loop().create_future()
 
         def ready():
             if not fut.done():
                 fut.set_result(None)
 
-        loop.add_reader(obj, ready)
+        add(obj, ready)
         try:
             await fut
         finally:
-            loop.remove_reader(obj)
+            remove(obj)
+
+    async def wait_readable(obj):
+        """Returns when obj (socket, file object or fd) is readable. One waiter per object."""
+        loop = _aio.get_running_loop()
+        await _wait_io(obj, loop.add_reader, loop.remove_reader)
+
+    async def wait_writable(obj):
+        """Returns when obj (a socket) is writable. One waiter per object."""
+        loop = _aio.get_running_loop()
+        await _wait_io(obj, loop.add_writer, loop.remove_writer)
 
 
 class _Watch:

@@ -47,6 +47,11 @@ class NodeConfig:
     def last_good_document(self):
         return os.path.join(self.state_dir, "last-good.json")
 
+    @property
+    def version_floor(self):
+        """Highest document version ever verified (fleet routers): never gone below."""
+        return os.path.join(self.state_dir, "version-floor")
+
 
 def parse_config(d, path=None):
     """dict → NodeConfig; ConfigError listing every problem."""

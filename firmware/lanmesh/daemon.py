@@ -187,7 +187,7 @@ class Daemon:
     def _control(self, req):
         if req.get("cmd", "status") == "status":
             return self.status()
-        return {"error": f"unknown command {req.get('cmd')!r}"}
+        return {"error": "unknown command (known: status)"}
 
     # -- the loop -------------------------------------------------------------------------
     def start(self):
@@ -236,17 +236,13 @@ class Daemon:
                 self._reload = False
                 self.reload_local()
 
-    async def _serve_control(self, server):
-        while not self._stop.is_set():
-            await aio.wait_readable(server)
-            control.serve_one(server, self._control)
 
     async def run(self):
         self._stop = aio.Event()
         self._wake = aio.Signal()
         server = control.listen(self.cfg.control_socket)
         tasks = self._tasks = [aio.create_task(self._supervise()),
-                               aio.create_task(self._serve_control(server))]
+                               aio.create_task(control.serve(server, self._control, self._stop))]
         if self.mesh is not None:
             tasks.append(aio.create_task(self.mesh.run(self._stop)))
         if self.cfg.fleet:

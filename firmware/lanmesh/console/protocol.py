@@ -6,7 +6,7 @@
 #   machine mode: "#>SEQ REQUEST CRC32"    -> "#<SEQ OK {...} CRC32"
 # A request frame is a shell comment, so probing a console that sits at a shell prompt is
 # harmless. A valid frame received in plain mode switches the agent to machine mode.
-import json
+from .. import boundjson
 
 try:
     from binascii import crc32 as _crc32
@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - minimal MicroPython builds
 
 VERSION = 1
 MAX_LINE = 1024        # bytes per line; the CA certificate travels in `append` chunks
+MAX_REPLY = 8192       # bytes of a reply's JSON (the host reads device replies up to this)
 REQ = b"#>"
 REP = b"#<"
 
@@ -136,7 +137,7 @@ def parse_reply(payload):
     """b'OK {json}' -> (True, data); b'ERR code message' -> (False, (code, message))."""
     text = payload.decode()
     if text == "OK" or text.startswith("OK "):
-        return True, json.loads(text[3:] or "null")
+        return True, boundjson.loads(text[3:] or "null", MAX_REPLY, "reply", max_depth=8)
     if text.startswith("ERR "):
         parts = text[4:].split(" ", 1)
         return False, (parts[0], parts[1] if len(parts) > 1 else "")

@@ -5,6 +5,7 @@
 # the atomic commit, reboot, the tty) is asked for with `Perform`/`SetMode`/`SetEcho`.
 import json
 
+from .. import boundjson
 from .protocol import (VERSION, MAX_LINE, REQ, REP, LineBuffer, frame, unframe,
                        Write, SetMode, SetEcho, Perform, Exit)
 
@@ -104,7 +105,7 @@ def parse_value(key, text):
     text = text.strip()
     if text[:1] in ('"', "["):
         try:
-            v = json.loads(text)
+            v = boundjson.loads(text, MAX_VALUE + 64, "value", max_depth=2)
         except ValueError:
             raise ValueError("is not valid JSON")
     else:
@@ -222,7 +223,8 @@ class Console:
             return [] if self.machine else [Write(PROMPT.encode())]
         handler = COMMANDS.get(words[0])
         if handler is None:
-            result = _err("unknown-command", "unknown command %r; try 'help'" % words[0][:40])
+            # Never echo the request: a secret sent out of turn would come straight back.
+            result = _err("unknown-command", "unknown command; try 'help'")
         else:
             result = handler(self, words[1].strip() if len(words) > 1 else "")
         if result[0] == "perform":
@@ -314,7 +316,7 @@ class Console:
     def cmd_set(self, arg):
         key, _, text = arg.partition(" ")
         if key not in KEYS:
-            return _err("bad-key", "unknown key %r; keys: %s" % (key[:40], " ".join(KEYS)))
+            return _err("bad-key", "unknown key; keys: %s" % " ".join(KEYS))
         if not text.strip():  # a set without a value reads it
             return _ok({key: _redact(_merge(self.committed, self.staged)).get(key)})
         if key in SECRET_KEYS:
@@ -330,7 +332,7 @@ class Console:
         if key not in APPEND_KEYS:
             return _err("bad-key", "append works for: %s" % " ".join(APPEND_KEYS))
         try:
-            chunk = json.loads(text) if text[:1] == '"' else text
+            chunk = boundjson.loads(text, MAX_LINE, "chunk", max_depth=1) if text[:1] == '"' else text
         except ValueError:
             return _err("bad-value", "%s: chunk is not a JSON string" % key)
         value = self.staged.get(key, "") + chunk

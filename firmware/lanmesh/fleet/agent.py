@@ -5,7 +5,7 @@
 import json
 import time
 
-from .. import __version__
+from .. import __version__, boundjson
 from ..atomic import write_atomic
 from ..errors import DocumentError, LanmeshError
 from ..ticks import ticks_add, ticks_diff, ticks_ms
@@ -42,20 +42,24 @@ def load_last_good(cfg, log=None):
     return got[0] if got else None
 
 
+def _envelope(payload):
+    try:
+        return boundjson.loads(payload, signing.MAX_ENVELOPE_BYTES)
+    except ValueError:
+        return None
+
+
 def _digest(envelope_bytes):
     # Ed25519 signatures are deterministic: the signature names the exact signed document.
-    try:
-        return json.loads(envelope_bytes)["sig"]
-    except (ValueError, KeyError, TypeError):
-        return None
+    env = _envelope(envelope_bytes)
+    return env.get("sig") if isinstance(env, dict) else None
 
 
 def _version_in(payload):
-    try:
-        v = json.loads(payload)["doc"]["version"]
-        return v if isinstance(v, int) else None
-    except (ValueError, KeyError, TypeError):
-        return None
+    env = _envelope(payload)
+    doc = env.get("doc") if isinstance(env, dict) else None
+    v = doc.get("version") if isinstance(doc, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 class FleetAgent:
@@ -75,7 +79,20 @@ class FleetAgent:
         self._probe_mids = set()
         self._next_report = None
         self._next_links = None
-        self.core = sync.NodeSync(self.fleet["name"], self._current(), settle_ms=settle_ms)
+        self.core = sync.NodeSync(self.fleet["name"], self._current(), settle_ms=settle_ms,
+                                  floor=self._floor())
+
+    def _floor(self):
+        """The persisted highest verified version, and fleet.min_version (provisioning):
+        a fresh router refuses documents older than it was enrolled with."""
+        floor = (self.fleet.get("min_version") or 1) - 1
+        try:
+            with open(self.cfg.version_floor) as f:
+                text = f.read(32).strip()
+            floor = max(floor, int(text)) if text.isdigit() else floor
+        except OSError:
+            pass
+        return floor
 
     def _current(self):
         """What the daemon runs now, as the core's (version, payload, digest)."""
@@ -221,6 +238,8 @@ class FleetAgent:
                 except LanmeshError as err:
                     self.log.error("fleet: rollback failed: %s", err)
                     effects += self.core.handle(sync.RollbackFailed(str(err)), now)
+            elif t is sync.SaveFloor:
+                write_atomic(self.cfg.version_floor, "%d\n" % e.version, mode=0o600)
             elif t is sync.SaveLastGood:
                 write_atomic(self.cfg.last_good_document, e.payload[1], mode=0o600)
                 self.log.info("fleet: v%d confirmed and saved as last good", e.version)

@@ -6,10 +6,11 @@ import os
 import threading
 import time
 
+from .. import boundjson
 from ..atomic import write_atomic
 from ..errors import LanmeshError
 from . import registry, signing, topics
-from .brokerconf import new_password
+from .brokerconf import controller_url, new_password
 
 BROKER_KEYS = ("broker", "ca_file", "username", "password_file")
 
@@ -58,7 +59,9 @@ class FleetDir:
         return signing.read_public_key(self.pub_path)
 
     def broker_options(self, **overrides):
-        """Stored broker settings with command-line overrides; controller defaults."""
+        """Stored broker settings with command-line overrides; controller defaults. `broker`
+        is the URL the nodes use; the controller connects to its own listener, the port after
+        it (brokerconf), unless `controller_broker` names another."""
         reg = self.registry
         o = {k: reg.get(k) for k in BROKER_KEYS}
         o.update({k: v for k, v in overrides.items() if v})
@@ -67,6 +70,8 @@ class FleetDir:
         if not o.get("broker"):
             raise LanmeshError("no broker: pass --broker mqtts://host:port "
                                "(or set it once with `fleet init --broker`)")
+        o["broker"] = (reg.get("controller_broker") if not overrides.get("broker") else None) \
+            or controller_url(o["broker"])
         return o
 
     def prefix(self):
@@ -183,24 +188,63 @@ def status_rows(fd, msgs, now):
     rows = []
     for name in names + sorted(set(seen) - set(names)):
         got = seen.get(name, {})
-        try:
-            rep = json.loads(got.get("reported") or b"null") or {}
-        except ValueError:
-            rep = {"error": "unreadable reported JSON"}
-        rb = rep.get("rollback")
-        up = rep.get("links_up") or [None, None]
+        rep = _reported(got.get("reported"))
+        up = rep.get("links_up")
+        up = up if isinstance(up, list) and len(up) == 2 and all(map(_is_count, up)) else [None, None]
+        when = rep.get("time")
         rows.append({
-            "node": name, "registered": name in names,
-            "state": (got.get("state") or b"never seen").decode(errors="replace"),
-            "applied_version": rep.get("applied_version"),
-            "pending_version": rep.get("pending_version"),
-            "rollback": rb,
-            "rejected": rep.get("rejected", []),
+            "node": printable(name), "registered": name in names,
+            "state": printable((got.get("state") or b"never seen").decode("utf-8", "replace"), 16),
+            "applied_version": _count(rep.get("applied_version")),
+            "pending_version": _count(rep.get("pending_version")),
+            "rollback": _entry(rep.get("rollback")),
+            "rejected": [e for e in map(_entry, _list(rep.get("rejected"))[-5:]) if e],
             "links_up": up[0], "links_total": up[1],
-            "last_seen": round(now - rep["time"], 1) if isinstance(rep.get("time"), (int, float)) else None,
+            "last_seen": round(now - when, 1) if _is_count(when) else None,
             "published_version": published,
         })
+        if "error" in rep:
+            rows[-1]["error"] = rep["error"]
     return rows
+
+
+# A node's `reported` is outside input to the operator's terminal: bounded, type-checked
+# field by field, control characters removed. One bad node never breaks the fleet's view.
+MAX_REPORTED = 64 * 1024
+
+
+def printable(text, limit=200):
+    text = "".join(c for c in str(text) if c.isprintable())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _is_count(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 2 ** 53
+
+
+def _count(v):
+    return int(v) if _is_count(v) and v == int(v) else None
+
+
+def _list(v):
+    return v if isinstance(v, list) else []
+
+
+def _entry(v):
+    """A {"version", "reason"} of rollback/rejected, cleaned; None if it is not one."""
+    if not isinstance(v, dict) or not isinstance(v.get("reason"), str):
+        return None
+    return {"version": _count(v.get("version")), "reason": printable(v["reason"])}
+
+
+def _reported(payload):
+    if not payload:
+        return {}
+    try:
+        rep = boundjson.loads(payload, MAX_REPORTED, "reported")
+    except boundjson.JsonError as e:
+        return {"error": printable(e)}
+    return rep if isinstance(rep, dict) else {"error": "reported is not a JSON object"}
 
 
 def format_table(rows):
@@ -217,6 +261,8 @@ def format_table(rows):
             note = f"rolled back v{r['rollback']['version']}: {r['rollback']['reason']}"
         elif r["rejected"]:
             note = f"rejected: {r['rejected'][-1]['reason']}"
+        elif r.get("error"):
+            note = f"unreadable report: {r['error']}"
         if not r["registered"]:
             note = "NOT IN REGISTRY; " + note
         links = "-" if r["links_total"] is None else f"{r['links_up']}/{r['links_total']} up"

@@ -1,12 +1,14 @@
 # Fleet signing (DESIGN §2.4, FORMATS "Signed envelope"): the fleet's Ed25519 key, the
 # envelope {"doc": {...}, "sig": "<base64 Ed25519 over canonical(doc)>"}, and verification
 # that says *why* a payload is refused. CPython side: the node's pure sync core only ever
-# sees documents that passed through verify_envelope().
+# sees documents that passed through verify_envelope(). A router verifies with
+# lanmesh.ed25519 (libsodium or pure Python), never python3-cryptography, which does not
+# build for 32-bit MIPS; the controller signs with it.
 import base64
 import binascii
-import json
 import os
 
+from .. import boundjson, ed25519
 from ..atomic import write_atomic
 from ..errors import DocumentError, LanmeshError
 from ..keys import read_protected
@@ -93,17 +95,12 @@ def envelope_bytes(envelope):
 def open_envelope(data, pubkey_b64, limit=MAX_ENVELOPE_BYTES):
     """bytes → doc dict whose signature verifies; SignatureError with the reason otherwise.
     The doc is not validated here (see verify_document)."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     if len(data) > limit:
         raise SignatureError(f"payload of {len(data)} bytes is over the {limit}-byte limit")
     try:
-        env = json.loads(bytes(data).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SignatureError("payload is not UTF-8") from None
-    except ValueError as e:
-        raise SignatureError(f"payload is not valid JSON: {e}") from None
+        env = boundjson.loads(data, limit, "payload")
+    except boundjson.JsonError as e:
+        raise SignatureError(str(e)) from None
     if not isinstance(env, dict) or set(env) != {"doc", "sig"}:
         raise SignatureError('payload is not a signed envelope {"doc": ..., "sig": ...}')
     if not isinstance(env["doc"], dict):
@@ -114,12 +111,10 @@ def open_envelope(data, pubkey_b64, limit=MAX_ENVELOPE_BYTES):
         sig = b""
     if len(sig) != 64:
         raise SignatureError("envelope: sig is not a base64 Ed25519 signature (64 bytes)")
-    pub = Ed25519PublicKey.from_public_bytes(_b64_32(pubkey_b64, "fleet public key"))
-    try:
-        pub.verify(sig, netdoc.canonical(env["doc"]))
-    except InvalidSignature:
+    pub = _b64_32(pubkey_b64, "fleet public key")
+    if not ed25519.verify(pub, netdoc.canonical(env["doc"]), sig):
         raise SignatureError("signature does not verify with the fleet key "
-                             "(tampered, or signed by another key)") from None
+                             "(tampered, or signed by another key)")
     return env["doc"]
 
 

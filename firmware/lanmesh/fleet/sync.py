@@ -82,6 +82,12 @@ class SaveLastGood:
         self.payload = payload
 
 
+class SaveFloor:
+    """Persist: versions up to this one are never taken again (the highest ever verified)."""
+    def __init__(self, version):
+        self.version = version
+
+
 class Report:
     """Publish the `reported` document now."""
     pass
@@ -103,9 +109,13 @@ class NodeSync:
     """One node's document state. settle_ms: links get this long after an apply to show
     they survived it before the change is confirmed."""
 
-    def __init__(self, fleet, applied=None, settle_ms=2000):
+    def __init__(self, fleet, applied=None, settle_ms=2000, floor=0):
         # applied: (version, payload, digest) the node runs now (last good or local), or None
+        # floor: the highest version this node ever verified (persisted; see SaveFloor).
+        # Versions only move forward: after a rollback from v11 to v6, a genuine v8 is a
+        # downgrade too, and is refused; the fleet heals with a v12.
         self.fleet = fleet
+        self.floor = max(floor, applied[0] if applied else 0)
         self.settle_ms = settle_ms
         self.applied = applied
         self.pending = None
@@ -200,12 +210,17 @@ class NodeSync:
         if self.applied is not None and f.version <= self.applied[0]:
             return self._reject(f.version, "version %d is not newer than the applied version %d"
                                 % (f.version, self.applied[0]))
+        if f.version <= self.floor:
+            return self._reject(f.version, "version %d is not newer than v%d, the highest this "
+                                "node has verified (versions only move forward)"
+                                % (f.version, self.floor))
         if self.pending is not None and f.version <= self.pending.version:
             return self._reject(f.version, "version %d is not newer than the pending version %d"
                                 % (f.version, self.pending.version))
         # A newer document supersedes a pending one; rollback still goes to `applied`.
         self.pending = _Pending(f, self.links[0])
-        return [Report(), Apply(f.version, f.payload)]
+        self.floor = f.version
+        return [SaveFloor(f.version), Report(), Apply(f.version, f.payload)]
 
     def _reject(self, version, reason):
         entry = (version, reason)
