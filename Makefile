@@ -5,10 +5,10 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PKGS := wireguard-go wireguard-tools iproute2 nftables iperf3 iputils-ping procps \
             mosquitto mosquitto-clients qemu-system-x86 busybox-static kmod shellcheck \
-            python3-venv dpkg-dev systemd iptables
+            python3-venv dpkg-dev systemd iptables libsodium23
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all deps venv test unit demo bench ipk deb clean
+.PHONY: all deps venv test unit fuzz demo bench ipk deb clean
 
 all: test
 
@@ -32,6 +32,10 @@ test: deps venv
 
 unit: venv
 	$(PY) -m pytest -q tests -m 'not netns and not vm'
+
+# Every parser of outside input, 1,000,000 mutated inputs each (make test runs 1,500)
+fuzz: venv
+	LANMESH_FUZZ_CASES=$${LANMESH_FUZZ_CASES:-1000000} $(PY) -m pytest -q tests/test_fuzz.py
 
 demo: deps venv
 	$(PY) -m lanmesh.lab.demo

@@ -114,6 +114,11 @@ def load_config(path):
         raise ConfigError(f"{path}: node config not found") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read node config: {e.strerror}") from None
+    return loads_config(data, path)
+
+
+def loads_config(data, path):
+    """Node config bytes (as read from `path`) → NodeConfig; ConfigError otherwise."""
     try:
         d = boundjson.loads(data, 1 << 20, path)
     except boundjson.JsonError as e:

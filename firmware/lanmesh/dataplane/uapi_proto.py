@@ -30,10 +30,15 @@ class UapiError(BackendError):
 
 def errno_text(n):
     # wireguard-go answers negative errno values (errno=-22); the C tools use positive ones.
-    return f"errno={n} ({os.strerror(abs(n))})" if n else "errno=0"
+    try:
+        return f"errno={n} ({os.strerror(abs(n))})" if n else "errno=0"
+    except (OverflowError, ValueError):
+        return f"errno={n}"
 
 
 def _int(key, value):
+    if len(value) > 20:         # u64 counters fit; longer is not a UAPI number
+        raise UapiError(f"UAPI reply: {key} is not an integer")
     try:
         n = int(value, 10)
     except ValueError:
@@ -91,7 +96,10 @@ def parse_get(reply):
             else:
                 raise UapiError(f"UAPI reply: unknown device key {key!r}")
         elif key == "allowed_ip":
-            peer["allowed_ips"].append(norm_prefix(value))
+            try:
+                peer["allowed_ips"].append(norm_prefix(value))
+            except BackendError:
+                raise UapiError(f"UAPI reply: allowed_ip={value[:60]!r} is not a prefix") from None
         elif key == "endpoint":
             peer["endpoint"] = value
         elif key in _PEER_INT:
