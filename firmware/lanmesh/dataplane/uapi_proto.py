@@ -99,7 +99,7 @@ def parse_get(reply):
             try:
                 peer["allowed_ips"].append(norm_prefix(value))
             except BackendError:
-                raise UapiError(f"UAPI reply: allowed_ip={value[:60]!r} is not a prefix") from None
+                raise UapiError(f"UAPI reply: allowed_ip={value[:60]!r} is not an IP prefix") from None
         elif key == "endpoint":
             peer["endpoint"] = value
         elif key in _PEER_INT:
