@@ -34,7 +34,7 @@ class FakeDaemon:
     def __init__(self, name):
         self.name, self.document = name, None
 
-    def apply_document(self, doc):
+    async def apply_document(self, doc):
         self.document = doc
 
     def links_up(self):

@@ -36,7 +36,7 @@ class FakeDaemon:
         self.links = {}          # version → (up, total); default (2, 2)
         self.on_apply = None
 
-    def apply_document(self, doc):
+    async def apply_document(self, doc):
         if doc.node(self.name) is None:
             raise DocumentError([f"node {self.name!r} is not in the document"])
         if self.on_apply:

@@ -53,7 +53,8 @@ def test_kernel_backend_sites_in_vm():
            "-o", "addopts=", *GUEST_TESTS]
     t0 = time.monotonic()
     res = run_in_vm(cmd, timeout=VM_TIMEOUT, cwd=ROOT,
-                    env={"LANMESH_LAB_BACKEND": "kernel", "LANMESH_LAB_SLOW": SLOW},
+                    env={"LANMESH_LAB_BACKEND": "kernel", "LANMESH_LAB_SLOW": SLOW,
+                         "PYTHONPATH": os.path.join(ROOT, "firmware")},   # this checkout
                     stream=sys.stdout if os.environ.get("LANMESH_VM_VERBOSE") else None)
     wall = time.monotonic() - t0
     line, counts = _summary(res.output)

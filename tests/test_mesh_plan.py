@@ -18,12 +18,17 @@ def test_relayed_destination_prefixes_ride_on_the_next_hop():
     assert plan.routes["198.19.3.0/24"] == "b" and plan.routes["fd00::3/128"] == "c"
 
 
-def test_unreachable_destination_is_absent_from_every_peer():
+def test_destination_without_a_path_stays_on_its_own_peer():
     plan = make_plan("a", nodes(), {"b": "b"})
     assert plan.next_hops == {"b": "b", "c": None, "d": None}
-    assert all("198.19.3.0/24" not in v for v in plan.allowed.values())
-    assert plan.routes["198.19.3.0/24"] is None
-    assert plan.allowed["d"] == ("fd00::4/128",)
+    assert plan.routes["198.19.3.0/24"] is None                 # status: unreachable
+    assert plan.allowed["c"] == ("100.64.0.3/32", "198.19.3.0/24", "fd00::3/128")
+    assert all("198.19.3.0/24" not in plan.allowed[p] for p in ("b", "d"))
+
+
+def test_start_up_plan_with_no_links_yet_is_the_direct_mesh():
+    # the first computation, before any link is up, must not take the direct mesh away
+    assert make_plan("a", nodes(), {}).allowed == make_plan("a", nodes(), {"b": "b", "c": "c", "d": "d"}).allowed
 
 
 def test_plans_compare_by_value_and_accept_netdoc_like_objects():

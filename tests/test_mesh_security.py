@@ -75,7 +75,7 @@ def test_lan_host_spoofing_a_peers_pinned_address_gets_nothing_accepted(make_lab
     mesh2, lsdb2 = _counters(lab, a)
     for k in ("bad_signature", "bad_sender", "malformed", "unknown_source"):
         assert mesh2[k] == mesh0[k], (k, mesh0, mesh2)
-    assert lsdb2[c.name] == lsdb0[c.name] < wire.U32
+    assert lsdb0[c.name] <= lsdb2[c.name] < 1000, (lsdb0, lsdb2)   # c may re-originate; the forged 2**32-1 never lands
     assert lab.routes(a)[c.name] == c.name
 
     # Positive control: the same datagram from b's router, through the tunnel, is received

@@ -6,12 +6,15 @@ import os
 import signal
 import time
 
-from . import aio, control, desired, netdoc
+from . import aio, control, desired, netdoc, runlock
+from .applier import Applier
 from .dataplane import make_backend
-from .errors import DocumentError, LanmeshError
+from .adapters.udp import ifindex
+from .errors import BackendError, DocumentError, LanmeshError
 from .keys import read_private_key, pubkey
 
-SUPERVISE_MS = 1000      # wireguard-go liveness check and document-file watch
+SUPERVISE_MS = 1000      # document-file watch and mesh socket check (the applier supervises
+                         # the backend itself, off the loop)
 log = logging.getLogger("lanmesh")
 
 
@@ -34,6 +37,9 @@ class Daemon:
         self._doc_stamp = None
         self.mesh = None
         self.fleet = None
+        self._lock = None              # the per-interface run lock (runlock), once started
+        self._first = None             # the document start() found, applied when the loop runs
+        self.applier = None            # runs every data-plane change off the loop (applier)
 
     # -- documents ------------------------------------------------------------------------
     def initial_document(self):
@@ -66,16 +72,25 @@ class Daemon:
             raise DocumentError([f"node {self.cfg.name!r}: the document's public_key "
                                  f"{me.public_key} does not match {self.cfg.private_key_file}"])
 
-    def apply_document(self, doc):
+    async def apply_document(self, doc):
         """Reconcile the data plane and the mesh to `doc`, all or nothing: the mesh socket
-        the document needs is bound first where it can be, and on any failure the previous
-        document, data plane and socket stay (as far as the OS lets us); the error is raised."""
+        the document needs is bound first where it can be, the data plane is applied off the
+        loop (the applier), and on any failure the previous document, data plane and socket
+        stay (as far as the OS lets us); the error is raised."""
         self.check_document(doc)
         sock = self.mesh.socket_for(doc) if self.mesh is not None else None
         previous = self.document
         self.document = doc
         try:
-            self._reconcile()
+            try:
+                await self._reconcile()
+            except BackendError as e:
+                # The first document, and the tunnel is up but something around it failed (a
+                # route someone else owns, nft): nothing to roll back to, so keep what works,
+                # run the mesh, and let the applier retry until it all applies (status says why).
+                if previous is not None or ifindex(self.cfg.interface) is None:
+                    raise
+                log.error("the data plane is only partly set up, retrying until it is: %s", e)
             if self.mesh is None:
                 self._start_mesh()          # the first socket needs the tunnel device
         except LanmeshError:
@@ -84,7 +99,7 @@ class Daemon:
                 sock.close()
             if previous is not None:
                 try:
-                    self._reconcile()
+                    await self._reconcile()
                 except LanmeshError as e:
                     log.error("restoring the previous state failed too: %s", e)
             else:
@@ -96,6 +111,7 @@ class Daemon:
 
     def _withdraw(self):
         """A first document failed half-way: take the data plane down again."""
+        self.applier.forget()
         try:
             self.backend.close()
         except LanmeshError as e:
@@ -103,22 +119,29 @@ class Daemon:
         self.link_state = None
 
     def set_next_hops(self, next_hops):
-        """Called by the mesh when routes change; a failure is retried on the next change
-        or supervise tick, never fatal to the mesh loop."""
+        """The mesh's routes changed: hand the new state to the applier and return at once
+        (a newer change replaces it if it has not started; failures are retried there)."""
         self.next_hops = next_hops
-        try:
-            self._reconcile()
-        except LanmeshError as e:
-            log.error("applying new routes failed: %s", e)
+        state = self._desired()
+        if state is not None and state != self.link_state:
+            self.link_state = state
+            self.applier.submit(state)
 
-    def _reconcile(self):
-        state = desired.link_state(self.cfg, self.document, self.private_key, self.next_hops)
+    def _desired(self):
+        if self.document is None:
+            return None
+        return desired.link_state(self.cfg, self.document, self.private_key, self.next_hops)
+
+    async def _reconcile(self):
+        state = self._desired()
         if state == self.link_state:
             return
-        self.backend.apply(state)
+        err = await self.applier.wait(self.applier.submit(state))
+        if err is not None:
+            raise err
         self.link_state = state
 
-    def reload_local(self):
+    async def reload_local(self):
         """SIGHUP or the document file changed: apply it if valid and different."""
         try:
             doc = netdoc.load(self.cfg.document)
@@ -137,7 +160,7 @@ class Daemon:
                      self.document.version)
             return
         try:
-            self.apply_document(doc)
+            await self.apply_document(doc)
         except LanmeshError as e:
             self.rejected = [f"apply of v{doc.version} failed, previous state kept: {e}"]
             log.error("%s", self.rejected[0])
@@ -182,6 +205,10 @@ class Daemon:
             "links": mesh["links"], "mesh": mesh["counters"], "lsdb": mesh["lsdb"],
             "routes": routes, "rejected": self.rejected, "document_applies": self.document_applies,
             "fleet_state": self.fleet.state() if self.fleet is not None else None,
+            "dataplane": {"apply_failures": self.applier.failures,
+                          "last_error": self.applier.last_error,
+                          "longest_apply_ms": round(self.applier.longest_apply_s * 1000, 1)}
+            if self.applier is not None else None,
         }
 
     def _control(self, req):
@@ -192,12 +219,13 @@ class Daemon:
     # -- the loop -------------------------------------------------------------------------
     def start(self):
         """Synchronous part of start-up: errors here exit non-zero with the message."""
+        self._lock = runlock.acquire(self.cfg.run_dir, self.cfg.interface)   # before anything
         doc = self.initial_document()
         if doc is not None:
             self.check_document(doc)
-        self.backend = make_backend(self.cfg.backend, self.cfg.interface, log=log)
-        if doc is not None:
-            self.apply_document(doc)
+        self.backend = make_backend(self.cfg.backend, self.cfg.interface, log=log,
+                                    run_dir=self.cfg.run_dir)
+        self._first = doc
         self._doc_stamp = self._document_stamp()
 
     def _start_mesh(self):
@@ -219,11 +247,6 @@ class Daemon:
 
     async def _supervise(self):
         while not self._stop.is_set():
-            try:
-                if self.backend.supervise():
-                    log.warning("data plane repaired")
-            except LanmeshError as e:
-                log.error("data plane repair failed, retrying: %s", e)
             if self.mesh is not None:
                 self.mesh.check_device()
             stamp = self._document_stamp()
@@ -234,50 +257,73 @@ class Daemon:
             await self._wake.wait_ms(SUPERVISE_MS)
             if self._reload:
                 self._reload = False
-                self.reload_local()
-
+                await self.reload_local()
 
     async def run(self):
         self._stop = aio.Event()
         self._wake = aio.Signal()
-        server = control.listen(self.cfg.control_socket)
-        tasks = self._tasks = [aio.create_task(self._supervise()),
-                               aio.create_task(control.serve(server, self._control, self._stop))]
-        if self.mesh is not None:
-            tasks.append(aio.create_task(self.mesh.run(self._stop)))
-        if self.cfg.fleet:
-            from .fleet.agent import FleetAgent
-            self.fleet = FleetAgent(self.cfg, self, log)
-            tasks.append(aio.create_task(self.fleet.run()))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.request_stop())
-        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
-        log.info("running: node %s on %s (%s backend), control %s", self.cfg.name,
-                 self.cfg.interface, getattr(self.backend, "kind", "?"), self.cfg.control_socket)
+        self.applier = Applier(self.backend, log)
+        server = None
+        tasks = self._tasks = []
         try:
+            if self._first is not None:
+                await self.apply_document(self._first)   # errors exit non-zero, cleaned up
+            server = control.listen(self.cfg.control_socket)
+            tasks += [aio.create_task(self._supervise()),
+                      aio.create_task(control.serve(server, self._control, self._stop))]
+            if self.mesh is not None:
+                tasks.append(aio.create_task(self.mesh.run(self._stop)))
+            if self.cfg.fleet:
+                from .fleet.agent import FleetAgent
+                self.fleet = FleetAgent(self.cfg, self, log)
+                tasks.append(aio.create_task(self.fleet.run()))
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.request_stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+            log.info("running: node %s on %s (%s backend), control %s", self.cfg.name,
+                     self.cfg.interface, getattr(self.backend, "kind", "?"), self.cfg.control_socket)
             await self._stop.wait()
         finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _stop_now)   # a second signal while cleaning up: cleanup goes on
             for t in tasks:
                 t.cancel()
             if self.fleet is not None:
                 self.fleet.close()
-            server.close()
+            if server is not None:
+                server.close()
             if self.mesh is not None:
                 self.mesh.close()
             try:
                 os.unlink(self.cfg.control_socket)
             except OSError:
                 pass
+            self.applier.close()
             self.backend.close()
             log.info("stopped; interface %s removed", self.cfg.interface)
 
 
+class Stopped(SystemExit):
+    """SIGTERM/SIGINT during start-up or shut-down: unwind, clean up, exit."""
+
+
+def _stop_now(signum, frame):
+    raise Stopped(128 + signum)
+
+
 def run(cfg):
     d = Daemon(cfg)
+    # Until the loop runs (it installs its own handlers), a stop signal unwinds start(),
+    # whose cleanup below removes whatever it had set up: wireguard-go, link, nft, sysctls.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_now)
     try:
         d.start()
+        aio.run(d.run())
     except BaseException:
         if d.backend is not None:
-            d.backend.close()
+            try:
+                d.backend.close()           # idempotent: nothing left to do after a clean stop
+            except LanmeshError as e:
+                log.error("cleaning up after a failed start: %s", e)
         raise
-    aio.run(d.run())

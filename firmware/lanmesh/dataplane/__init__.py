@@ -5,17 +5,19 @@
 #   close()            remove exactly what this backend added (link, routes, nft table)
 
 
-def make_backend(kind, ifname, log=None):
-    """kind: 'kernel' | 'uapi' | 'auto' (kernel when the module is there, else uapi)."""
+def make_backend(kind, ifname, log=None, run_dir=None):
+    """kind: 'kernel' | 'uapi' | 'auto' (kernel when the module is there, else uapi).
+    run_dir: where the backend keeps what must outlive a crash (the sysctls it changed,
+    wireguard-go's log)."""
     if kind == "auto":
         from .kernel import kernel_available
         kind = "kernel" if kernel_available() else "uapi"
     if kind == "kernel":
         from .kernel import KernelBackend
-        backend = KernelBackend(ifname, log=log)
+        backend = KernelBackend(ifname, log=log, run_dir=run_dir)
     elif kind == "uapi":
         from .uapi import UapiBackend
-        backend = UapiBackend(ifname, log=log)
+        backend = UapiBackend(ifname, log=log, run_dir=run_dir)
     else:
         from ..errors import ConfigError
         raise ConfigError(f"backend: {kind!r} is not one of 'auto', 'kernel', 'uapi'")

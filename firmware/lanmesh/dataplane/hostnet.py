@@ -2,7 +2,9 @@
 # overlay addresses, routes into the tunnel, forwarding sysctls and the nft table.
 # It reconciles (reads what is there, changes only the difference) and touches only what
 # it owns: addresses it added, routes tagged with RTPROT_LANMESH, the table it loaded,
-# the sysctls it flipped (restored by close()).
+# the sysctls it flipped (restored by close(); their old values are also kept in
+# <run_dir>/<ifname>.sysctl.json, so the daemon that restarts after a crash still restores
+# what the host had before lanmesh, not the 1 its crashed predecessor left).
 #
 # The netlink part needs pyroute2 (~20 MB RSS, for good). It runs rarely (start, document
 # change, repair), so unless pyroute2 is already loaded (kernel backend) it runs in a
@@ -47,11 +49,12 @@ def _code(exc):
 
 
 class HostNet:
-    def __init__(self, ifname, log=None):
+    def __init__(self, ifname, log=None, run_dir=None):
         self.ifname = ifname
         self.log = log
         self._owned_addrs = set()   # "ip/len" we added: the only addresses we ever remove
-        self._saved_sysctl = {}     # path → value before we set it to 1
+        self._sysctl_file = os.path.join(run_dir, ifname + ".sysctl.json") if run_dir else None
+        self._saved_sysctl = self._load_saved()     # path → value before we set it to 1
         self._nft_text = None       # what we last loaded (None: unknown, load on next apply)
         self._nft_touched = False   # close() deletes the table only if we ever loaded it
         self._netlink_done = None   # (ifindex, (mtu, addrs, routes)) of the last clean run
@@ -193,14 +196,41 @@ class HostNet:
             except FileNotFoundError:
                 continue            # IPv6 disabled on this host
             if forwarding and cur != "1":
-                self._saved_sysctl.setdefault(path, cur)
+                if path not in self._saved_sysctl:
+                    self._saved_sysctl[path] = cur
+                    self._save()    # before the change: a crash right after still knows
                 _write(path, "1")
-                changes.append(f"sysctl {path[15:]}=1")
+                changes.append(f"sysctl {path[10:]}=1")
             elif not forwarding and path in self._saved_sysctl:
                 old = self._saved_sysctl.pop(path)
                 if cur == "1":      # someone else changed it since: theirs now
                     _write(path, old)
-                    changes.append(f"sysctl {path[15:]}={old} (restored)")
+                    changes.append(f"sysctl {path[10:]}={old} (restored)")
+                self._save()
+
+    def _load_saved(self):
+        if self._sysctl_file is None:
+            return {}
+        try:
+            with open(self._sysctl_file, "rb") as f:
+                saved = json.loads(f.read(4096))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(saved, dict):
+            return {}
+        return {p: v for p, v in saved.items() if p in FORWARDING and v in ("0", "1", "2")}
+
+    def _save(self):
+        if self._sysctl_file is None:
+            return
+        if self._saved_sysctl:
+            from ..atomic import write_atomic
+            write_atomic(self._sysctl_file, json.dumps(self._saved_sysctl), mode=0o600)
+        else:
+            try:
+                os.unlink(self._sysctl_file)
+            except FileNotFoundError:
+                pass
 
     def _apply_nft(self, state, changes):
         text = nft.render(self.ifname, mss_clamp=state.mss_clamp, forwarding=state.forwarding,

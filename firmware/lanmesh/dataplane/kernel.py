@@ -13,7 +13,8 @@ from .endpoint import resolve
 from .hostnet import HostNet
 from .offloop import off_loop
 from .linkstate import PeerStatus
-from .uapi_proto import endpoint_key, format_endpoint, norm_prefix
+from .peerdiff import choose_endpoints, diff, to_netlink
+from .uapi_proto import format_endpoint, norm_prefix
 
 NO_WIREGUARD = ("the kernel has no WireGuard (module `wireguard` is neither loaded nor loadable; "
                 "install kmod-wireguard / the wireguard module, or use backend 'uapi')")
@@ -43,12 +44,13 @@ def kernel_available():
 
 
 class KernelBackend:
-    def __init__(self, ifname, log=None):
+    def __init__(self, ifname, log=None, run_dir=None):
         self.ifname = ifname
         self.log = log if log is not None else logging.getLogger("lanmesh.dataplane")
-        self.hostnet = HostNet(ifname, log=self.log)
+        self.hostnet = HostNet(ifname, log=self.log, run_dir=run_dir)
         self.set_requests = 0       # WireGuard set calls made: none after an unchanged apply
         self._state = None          # last state asked for: re-applied when the link vanishes
+        self._endpoints = {}        # peer → endpoint we set and stand by (peerdiff's roaming rule)
 
     # --- backend API ----------------------------------------------------------------------
 
@@ -101,7 +103,7 @@ class KernelBackend:
                     if owner.setdefault(ip, key) != key:
                         raise BackendError(f"allowed IP {ip} is given to two peers "
                                            f"({owner[ip][:8]}… and {key[:8]}…)")
-                peers[key] = {"endpoint": [endpoint_key(e) for e in resolve(p.endpoint, self.log, self.ifname)] if p.endpoint else [],
+                peers[key] = {"endpoint": resolve(p.endpoint, self.log, self.ifname) if p.endpoint else [],
                               "allowed_ips": ips, "keepalive": p.keepalive}
         except LanmeshError as exc:
             raise BackendError(f"{self.ifname}: {exc}") from None
@@ -114,6 +116,9 @@ class KernelBackend:
         changes = self._ensure_link()
         with _netlink_errors(self.ifname), WireGuard() as wg:
             current = parse_info(wg.info(self.ifname))
+            chosen, keep = choose_endpoints(current["peers"], desired["peers"], self._endpoints)
+            for key, ep in chosen.items():
+                desired["peers"][key]["endpoint"] = ep
             for kwargs, change in plan(current, desired):
                 try:
                     wg.set(self.ifname, **kwargs)
@@ -124,6 +129,7 @@ class KernelBackend:
                         from None
                 self.set_requests += 1
                 changes.append(change)
+            self._endpoints = keep
         for c in changes:
             self.log.info(f"{self.ifname}: {c}")
         return changes
@@ -215,38 +221,8 @@ def parse_info(msgs):
 
 def plan(current, desired):
     """[(WireGuard.set kwargs, description)] turning `current` into `desired`; [] if equal.
-    In `desired`, a peer's endpoint is a list of acceptable (ip, port) (empty: leave it)."""
-    steps = []
-    dev = {}
-    if desired["private_key"] != current["private_key"]:
-        dev["private_key"] = desired["private_key"]
-    # Only when different: setting listen_port, even to the same value, rebinds the socket.
-    if desired["listen_port"] and desired["listen_port"] != current["listen_port"]:
-        dev["listen_port"] = desired["listen_port"]
-    if dev:
-        steps.append((dev, " and ".join(f"{k.replace('_', ' ')} set" for k in dev)))
-    for key in sorted(set(current["peers"]) - set(desired["peers"])):
-        steps.append(({"peer": {"public_key": key, "remove": True}}, f"peer {key[:8]}… removed"))
-    for key, want in sorted(desired["peers"].items()):
-        have = current["peers"].get(key)
-        peer = {}
-        cands = want["endpoint"]
-        if cands and (have is None or endpoint_key(have["endpoint"]) not in cands):
-            peer["endpoint_addr"], peer["endpoint_port"] = str(cands[0][0]), cands[0][1]
-        if have is None or want["keepalive"] != have["keepalive"]:
-            peer["persistent_keepalive"] = want["keepalive"]
-        if have is None or want["allowed_ips"] != have["allowed_ips"]:
-            peer["replace_allowed_ips"] = True
-            peer["allowed_ips"] = list(want["allowed_ips"])
-        if not peer:
-            continue
-        if have is not None:
-            peer["update_only"] = True      # edit in place: never re-create a live peer
-        peer["public_key"] = key
-        what = "added" if have is None else "updated (" + ", ".join(
-            k for k in ("endpoint_addr", "persistent_keepalive", "allowed_ips") if k in peer) + ")"
-        steps.append(({"peer": peer}, f"peer {key[:8]}… {what}"))
-    return steps
+    In `desired`, a peer's endpoint is the one to set, or None to leave it (peerdiff)."""
+    return to_netlink(*diff(current, desired))
 
 
 # --- plumbing -------------------------------------------------------------------------------

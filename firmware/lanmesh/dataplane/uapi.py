@@ -3,21 +3,23 @@
 # We own the wireguard-go process: start it, watch its PID, restart it when it dies and
 # re-apply the last state, stop it on close (which removes the tun link with it).
 # Configuration is a diff: read `get=1`, send only what differs (see uapi_proto).
+# wireguard-go writes to its own log file (<run_dir>/<ifname>.wireguard-go.log), never to a
+# pipe of ours: after a daemon crash it would die of SIGPIPE at its next line, and the
+# daemon that restarts and adopts it must find it alive.
 import os
 import signal
 import socket
 import struct
 import subprocess
-import threading
 import time
-from collections import deque
 
 from ..errors import BackendError, LanmeshError
 from ..keys import from_hex, to_hex
 from .endpoint import resolve
 from .hostnet import HostNet
 from .linkstate import PeerStatus
-from .uapi_proto import UapiError, build_set, check_errno, endpoint_key, errno_text, norm_prefix, parse_get
+from .peerdiff import choose_endpoints
+from .uapi_proto import UapiError, build_set, check_errno, errno_text, norm_prefix, parse_get
 
 SOCK_DIR = "/var/run/wireguard"
 START_TIMEOUT = 5.0     # wireguard-go opens its socket in ~50 ms; allow for a slow router
@@ -26,7 +28,7 @@ IO_TIMEOUT = 5.0
 
 
 class UapiBackend:
-    def __init__(self, ifname, log=None, program="wireguard-go"):
+    def __init__(self, ifname, log=None, program="wireguard-go", run_dir=None):
         if log is None:
             import logging
             log = logging.getLogger("lanmesh.dataplane")
@@ -34,15 +36,13 @@ class UapiBackend:
         self.log = log
         self.program = program
         self.sock_path = f"{SOCK_DIR}/{ifname}.sock"
-        self.hostnet = HostNet(ifname, log=log)
+        self.hostnet = HostNet(ifname, log=log, run_dir=run_dir)
         self.set_requests = 0       # `set=1` requests sent: 0 more after an unchanged apply
         self._proc = None           # Popen of the wireguard-go we started
         self._adopted = None        # PID of one a previous lanmesh run left behind
         self._state = None          # last state asked for: re-applied after a restart
         self._endpoints = {}        # peer (hex) → endpoint we last set: what "unchanged" means
-        self._dirty = False         # the last apply failed: supervise() retries it
-        self._backoff, self._retry_at = 0.0, 0.0
-        self._out = _Output(log)
+        self._out = _Output(os.path.join(run_dir or "/tmp", f"{ifname}.wireguard-go.log"))
 
     @property
     def pid(self):
@@ -56,11 +56,18 @@ class UapiBackend:
             raise BackendError(f"state is for {state.ifname!r}, "
                                f"this backend drives {self.ifname!r}")
         desired = self._desired(state)      # bad input fails here, before anything changes
-        self._state, self._dirty = state, True
+        self._state = state
         self._ensure_running()
-        changes = self._configure(desired)
-        changes += self.hostnet.apply(state)
-        self._dirty, self._backoff = False, 0.0
+        # The link goes up (MTU, addresses) before peers are configured: a handshake or
+        # keepalive arriving on a tun that is still down is "Failed to write packet to TUN".
+        try:
+            changes = self.hostnet.apply(state)
+            failed = None
+        except BackendError as exc:
+            changes, failed = [], exc
+        changes = self._configure(desired) + changes
+        if failed is not None:
+            raise failed
         return changes
 
     def peers(self):
@@ -72,25 +79,15 @@ class UapiBackend:
                 for pk, p in dev["peers"].items()}
 
     def supervise(self):
-        """Restart a dead wireguard-go and re-apply the last state, or retry an apply that
-        failed (backing off to once a minute); True if it repaired something."""
-        if self._state is None:
+        """Restart a dead wireguard-go and re-apply the last state; True if it did. (A failed
+        apply is retried by the daemon's applier, for every backend alike.)"""
+        if self._state is None or self._alive():
             return False
-        if self._alive():
-            if not self._dirty or time.monotonic() < self._retry_at:
-                return False
-            self.log.info(f"{self.ifname}: retrying the last apply, which failed")
-        else:
-            rc = self._proc.returncode if self._proc else None
-            self.log.warning(f"{self.ifname}: wireguard-go (pid {self.pid}) is gone"
-                             f"{'' if rc is None else f' (exit {rc})'}; restarting it")
-            self._proc = self._adopted = None
-        try:
-            self.apply(self._state)
-        except BackendError:
-            self._backoff = min(60.0, self._backoff * 2 or 1.0)
-            self._retry_at = time.monotonic() + self._backoff
-            raise
+        rc = self._proc.returncode if self._proc else None
+        self.log.warning(f"{self.ifname}: wireguard-go (pid {self.pid}) is gone"
+                         f"{'' if rc is None else f' (exit {rc})'}; restarting it")
+        self._proc = self._adopted = None
+        self.apply(self._state)
         return True
 
     def close(self):
@@ -119,27 +116,13 @@ class UapiBackend:
 
     def _configure(self, desired):
         current = parse_get(self._request("get=1\n\n"))
-        sent = {}
-        for pk, want in desired["peers"].items():
-            cands, have = want["endpoint"], current["peers"].get(pk)
-            last = self._endpoints.get(pk)
-            if have is not None and (not cands or endpoint_key(last) in map(endpoint_key, cands)):
-                # Configured endpoint unchanged since we set it (or unresolvable now): leave
-                # the peer's endpoint alone. WireGuard roams it to where the peer really is
-                # (NAT rebinding, the other address family); forcing it back would fight that.
-                want["endpoint"] = None
-                if last:
-                    sent[pk] = last
-                continue
-            # Prefer the current address while it is still one the name resolves to.
-            keep = [c for c in cands if have and endpoint_key(c) == endpoint_key(have["endpoint"])]
-            want["endpoint"] = (keep or cands or [None])[0]
-            if want["endpoint"]:
-                sent[pk] = want["endpoint"]
+        chosen, keep = choose_endpoints(current["peers"], desired["peers"], self._endpoints)
+        for pk, ep in chosen.items():
+            desired["peers"][pk]["endpoint"] = ep
         request = build_set(current, desired)
         if request:
             self._set(request)
-        self._endpoints = sent      # only after success: a failed set is redone next apply
+        self._endpoints = keep      # only after success: a failed set is redone next apply
         return _describe(request) if request else []
 
     # --- UAPI socket ----------------------------------------------------------------------
@@ -218,20 +201,22 @@ class UapiBackend:
     def _start(self):
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1")
         try:
-            # Own session: a Ctrl-C meant for the daemon must not kill the tunnel before close().
-            proc = subprocess.Popen([self.program, "-f", self.ifname], env=env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            out = self._out.open()
+            try:
+                # Own session: a Ctrl-C meant for the daemon must not kill the tunnel before close().
+                proc = subprocess.Popen([self.program, "-f", self.ifname], env=env,
+                                        stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                        start_new_session=True)
+            finally:
+                os.close(out)
         except OSError as exc:
             raise BackendError(f"{self.ifname}: cannot start {self.program}: "
                                f"{exc.strerror or exc}") from None
         self._proc = proc
-        self._out.follow(proc)
         deadline = time.monotonic() + START_TIMEOUT
         while self._socket_owner() is None:
             if proc.poll() is not None:
                 self._proc = None
-                self._out.thread.join(1.0)      # so the message can quote its last words
                 raise BackendError(f"{self.ifname}: {self.program} exited ({proc.returncode}): "
                                    f"{self._out.last() or 'no output'}")
             if time.monotonic() > deadline:
@@ -263,57 +248,42 @@ class UapiBackend:
                 pass
 
 
-_ROUTINE = ("Failed to send handshake initiation", "did not complete after",
-            "Sending handshake", "Receiving keepalive", "Sending keepalive")
-
-
 class _Output:
-    """wireguard-go's stdout/stderr → the log, with a short tail for error messages."""
+    """wireguard-go's log file: truncated at each start, read back only to quote why it
+    failed (the last line, or the IPC error it logs just before answering errno)."""
 
-    def __init__(self, log):
-        self.log = log
-        self.tail = deque(maxlen=20)
-        self.seq = 0
-        self.cond = threading.Condition()
+    def __init__(self, path):
+        self.path = path
 
-    def follow(self, proc):
-        self.thread = threading.Thread(target=self._pump, args=(proc,), name="wireguard-go-log",
-                                       daemon=True)
-        self.thread.start()
+    def open(self):
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND |
+                       os.O_CLOEXEC, 0o600)
 
-    def _pump(self, proc):
+    def _lines(self, start=0):
         try:
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip()
-                level = "warning" if line.startswith("ERROR") else "info"
-                if any(r in line for r in _ROUTINE):
-                    level = "debug"     # every 5 s per unreachable peer: status shows it anyway
-                getattr(self.log, level)(f"wireguard-go[{proc.pid}]: {line}")
-                with self.cond:
-                    self.seq += 1
-                    self.tail.append((self.seq, line))
-                    self.cond.notify_all()
-        except (OSError, ValueError):
-            pass
-        finally:
-            proc.stdout.close()     # EOF: the process is gone
+            with open(self.path, "rb") as f:
+                f.seek(max(start, os.path.getsize(self.path) - 16384))
+                return f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return []
 
     def mark(self):
-        with self.cond:
-            return self.seq
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
 
     def last(self):
-        with self.cond:
-            return self.tail[-1][1] if self.tail else ""
+        lines = self._lines()
+        return lines[-1].strip() if lines else ""
 
     def error_since(self, mark, timeout=0.3):
-        """wireguard-go logs why a set failed just before answering errno; wait briefly for it."""
-        def find():
-            return next((t for s, t in reversed(self.tail) if s > mark and "IPC error" in t), None)
-        with self.cond:
-            self.cond.wait_for(find, timeout)
-            line = find()
-        return line.split(": ", 2)[-1] if line else None
+        deadline = time.monotonic() + timeout
+        while True:
+            line = next((t for t in reversed(self._lines(mark)) if "IPC error" in t), None)
+            if line or time.monotonic() >= deadline:
+                return line.split(": ", 2)[-1] if line else None
+            time.sleep(0.02)
 
 
 def _describe(request):

@@ -1,7 +1,7 @@
 # The WireGuard cross-platform UAPI text protocol, with no I/O (sans-IO, like h11).
 # parse_get() turns a `get=1` reply into a plain device dict; build_set() diffs that
-# against the desired device and returns the `set=1` request that changes only what
-# differs, so an unchanged peer is never touched (its handshake and counters live on).
+# against the desired device (dataplane.peerdiff, shared with the kernel backend) and
+# returns the `set=1` request that changes only what differs.
 #
 # Device dict: {"private_key": hex|None, "listen_port": int,
 #               "peers": {pubkey_hex: peer}}
@@ -167,35 +167,8 @@ def endpoint_key(text):
         return text
 
 
-def _peer_lines(pk, have, want):
-    body = []
-    if want["endpoint"] is not None and (
-            have is None or endpoint_key(want["endpoint"]) != endpoint_key(have["endpoint"])):
-        body.append(f"endpoint={want['endpoint']}")
-    if have is None or want["keepalive"] != have["keepalive"]:
-        body.append(f"persistent_keepalive_interval={want['keepalive']}")
-    if have is None or tuple(want["allowed_ips"]) != tuple(have["allowed_ips"]):
-        body.append("replace_allowed_ips=true")
-        body += [f"allowed_ip={p}" for p in want["allowed_ips"]]
-    if not body:
-        return []
-    # update_only: a changed peer is edited in place, never re-created.
-    return [f"public_key={pk}"] + ([] if have is None else ["update_only=true"]) + body
-
-
 def build_set(current, desired):
-    """The `set=1` request turning `current` into `desired`, or "" when they already match."""
-    lines = []
-    if desired["private_key"] != current.get("private_key"):
-        lines.append(f"private_key={desired['private_key']}")
-    # Sent only when different: setting listen_port, even to the same value, rebinds the socket.
-    # 0 means "any port": whatever the device picked is fine.
-    if desired["listen_port"] and desired["listen_port"] != current.get("listen_port"):
-        lines.append(f"listen_port={desired['listen_port']}")
-    have_peers = current.get("peers", {})
-    for pk in sorted(have_peers):
-        if pk not in desired["peers"]:
-            lines += [f"public_key={pk}", "remove=true"]
-    for pk in sorted(desired["peers"]):
-        lines += _peer_lines(pk, have_peers.get(pk), desired["peers"][pk])
-    return "set=1\n" + "".join(line + "\n" for line in lines) + "\n" if lines else ""
+    """The `set=1` request turning `current` into `desired`, or "" when they already match
+    (the diff itself is shared with the kernel backend: dataplane.peerdiff)."""
+    from .peerdiff import diff, to_uapi
+    return to_uapi(*diff(current, desired))

@@ -147,9 +147,9 @@ class FleetAgent:
             if ev is not None:
                 effects += self._on_event(ev, now)
             effects += self.core.tick(now)
-            self._run_effects(effects, now)
+            await self._run_effects(effects, now)
             if ticks_diff(now, self._next_report) >= 0:
-                self._run_effects(self._count_links(now) + [sync.Report()], now)
+                await self._run_effects(self._count_links(now) + [sync.Report()], now)
 
     def _wait_ms(self, now):
         waits = [ticks_diff(self._next_report, now)]
@@ -225,16 +225,16 @@ class FleetAgent:
         return self.core.handle(sync.LinksCounted(up, total), now)
 
     # -- effects out ----------------------------------------------------------------------
-    def _run_effects(self, effects, now):
+    async def _run_effects(self, effects, now):
         while effects:
             e = effects.pop(0)
             t = type(e)
             if t is sync.Apply:
-                effects += self._apply(e, now)
+                effects += await self._apply(e, now)
             elif t is sync.RollBack:
                 self.log.warning("fleet: rolling back to v%s: %s", e.version, e.reason)
                 try:
-                    self.daemon.apply_document(e.payload[0])
+                    await self.daemon.apply_document(e.payload[0])
                 except LanmeshError as err:
                     self.log.error("fleet: rollback failed: %s", err)
                     effects += self.core.handle(sync.RollbackFailed(str(err)), now)
@@ -246,10 +246,10 @@ class FleetAgent:
             elif t is sync.Report:
                 self._report(now)
 
-    def _apply(self, e, now):
+    async def _apply(self, e, now):
         self.log.info("fleet: applying v%d (commit-confirmed)", e.version)
         try:
-            self.daemon.apply_document(e.payload[0])
+            await self.daemon.apply_document(e.payload[0])
         except LanmeshError as err:
             self.log.error("fleet: apply of v%d failed, previous state kept: %s", e.version, err)
             return self.core.handle(sync.ApplyFailed(e.version, str(err)), now)

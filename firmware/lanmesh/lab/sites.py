@@ -38,6 +38,7 @@ class Site:
         self.public_key = pubkey(self.private_key)
         self.backend = lab.backend_for(i)
         self.relay = True
+        self.endpoints = [f"{self.wan_ip}:51820"]   # what the document lists (a name, or none)
         self.proc = None
 
     @property
@@ -51,7 +52,7 @@ class Site:
     def node_entry(self):
         return {"name": self.name, "public_key": self.public_key,
                 "address": [self.overlay4 + "/32", self.overlay6 + "/128"],
-                "lan": [self.lan4, self.lan6], "endpoints": [f"{self.wan_ip}:51820"],
+                "lan": [self.lan4, self.lan6], "endpoints": list(self.endpoints),
                 "relay": self.relay}
 
 
@@ -69,6 +70,7 @@ class Lab:
         self.log = log or (lambda msg: None)
         self.sites = []
         self.wan = None
+        self.netns_etc = []             # /etc/netns/<ns> directories made for this run
         self._cuts = set()
         self._n = n_sites
         self._wanem = None
@@ -128,6 +130,9 @@ class Lab:
             self._wanem.close()
             self._wanem = None
         self.ns.teardown()
+        for d in self.netns_etc:
+            shutil.rmtree(d, ignore_errors=True)
+        self.netns_etc = []
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- documents ------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 # Next hops -> what each WireGuard peer carries. A peer's allowed IPs are its pinned probe
 # address (its overlay IPv6 /128, always, so probes reach it directly) plus the overlay IPv4
-# /32 and LAN prefixes of every destination routed through it. A destination without a path
-# appears under no peer: its routes still point into the tunnel, where packets are dropped.
+# /32 and LAN prefixes of every destination routed through it. A destination without a known
+# path stays on its own peer (status still says unreachable): while links are still being
+# measured at start-up that keeps the direct mesh working (it used to vanish for ~0.5 s), and
+# when the direct link really is dead, packets for it are lost either way.
 
 
 def node_facts(n):
@@ -59,6 +61,5 @@ def make_plan(me, nodes, next_hops):
             routes[v6] = dest          # pinned: always direct
         for p in ((v4,) if v4 else ()) + lan:
             routes[p] = via
-            if via is not None:
-                allowed[via].append(p)
+            allowed[via if via is not None else dest].append(p)
     return Plan(hops, {p: tuple(sorted(a)) for p, a in allowed.items()}, routes)
