@@ -33,6 +33,7 @@ class Applier:
         self.failures = 0
         self.last_error = None
         self.longest_apply_s = 0.0
+        self.last_latency_s = None      # submit() → the OS matches it, for the last submit
         self._cond = threading.Condition()
         self._pending = None            # (ticket, state) not started yet
         self._want = None               # the latest desired state (retried, re-applied)
@@ -48,7 +49,7 @@ class Applier:
         """Apply `state` soon, off the loop; → a ticket for wait()."""
         with self._cond:
             self._tickets += 1
-            self._pending = (self._tickets, state)
+            self._pending = (self._tickets, state, time.monotonic())
             self._want = state
             self._cond.notify()
             return self._tickets
@@ -100,13 +101,15 @@ class Applier:
                     continue
             if job is None and retry_at is not None and now < retry_at:
                 continue
-            ticket, state = job if job is not None else (None, want)
+            ticket, state, since = job if job is not None else (None, want, None)
             if state is None:
                 retry_at = None
                 continue
             err = self._apply(state)
             if err is None:
                 retry_at, backoff, last_ok = None, 0.0, time.monotonic()
+                if since is not None:
+                    self.last_latency_s = last_ok - since
             else:
                 backoff = min(RETRY_MAX_S, backoff * 2 or 1.0)
                 retry_at = time.monotonic() + backoff

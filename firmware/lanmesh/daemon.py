@@ -19,12 +19,17 @@ log = logging.getLogger("lanmesh")
 
 
 class Daemon:
-    def __init__(self, cfg):
+    """backend: a data-plane backend to use instead of the configured one; mesh_socket: a
+    factory (address, port, ifname) -> socket for the mesh (tests run whole daemons in one
+    process with fakes there, beside real sockets)."""
+
+    def __init__(self, cfg, backend=None, mesh_socket=None):
         self.cfg = cfg
+        self.mesh_socket = mesh_socket
         self.private_key = read_private_key(cfg.private_key_file)
         self.public_key = pubkey(self.private_key)
         self.document = None
-        self.backend = None
+        self.backend = backend
         self.link_state = None
         self.next_hops = None          # None = direct full mesh; the mesh core fills it in
         self.started = time.time()
@@ -207,7 +212,9 @@ class Daemon:
             "fleet_state": self.fleet.state() if self.fleet is not None else None,
             "dataplane": {"apply_failures": self.applier.failures,
                           "last_error": self.applier.last_error,
-                          "longest_apply_ms": round(self.applier.longest_apply_s * 1000, 1)}
+                          "longest_apply_ms": round(self.applier.longest_apply_s * 1000, 1),
+                          "last_submit_to_applied_ms": None if self.applier.last_latency_s is None
+                          else round(self.applier.last_latency_s * 1000, 1)}
             if self.applier is not None else None,
         }
 
@@ -223,8 +230,9 @@ class Daemon:
         doc = self.initial_document()
         if doc is not None:
             self.check_document(doc)
-        self.backend = make_backend(self.cfg.backend, self.cfg.interface, log=log,
-                                    run_dir=self.cfg.run_dir)
+        if self.backend is None:
+            self.backend = make_backend(self.cfg.backend, self.cfg.interface, log=log,
+                                        run_dir=self.cfg.run_dir)
         self._first = doc
         self._doc_stamp = self._document_stamp()
 
@@ -232,6 +240,8 @@ class Daemon:
         """With the first applied document: the mesh core, and its task once running."""
         from .routing import MeshRouting
         self.mesh = MeshRouting(self)       # LanmeshError if its socket cannot be bound
+        if self.fleet is not None:
+            self.mesh.on_links = self.fleet.links_counted
         if self._tasks is not None:
             self._tasks.append(aio.create_task(self.mesh.run(self._stop)))
 
@@ -276,16 +286,20 @@ class Daemon:
             if self.cfg.fleet:
                 from .fleet.agent import FleetAgent
                 self.fleet = FleetAgent(self.cfg, self, log)
+                if self.mesh is not None:
+                    self.mesh.on_links = self.fleet.links_counted
                 tasks.append(aio.create_task(self.fleet.run()))
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.request_stop())
-            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+            if self.mesh_socket is None:        # a real daemon: the process is ours
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, lambda *_: self.request_stop())
+                signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
             log.info("running: node %s on %s (%s backend), control %s", self.cfg.name,
                      self.cfg.interface, getattr(self.backend, "kind", "?"), self.cfg.control_socket)
             await self._stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, _stop_now)   # a second signal while cleaning up: cleanup goes on
+            if self.mesh_socket is None:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, _stop_now)   # a second signal while cleaning up: cleanup goes on
             for t in tasks:
                 t.cancel()
             if self.fleet is not None:

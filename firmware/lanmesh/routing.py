@@ -29,6 +29,8 @@ class MeshRouting:
         self._watching = None          # the reader registration of self.sock, while running
         self._timer = None             # the core's deadline timer, while running
         self._armed = None             # the deadline it is armed for
+        self.late_max_ms = 0           # the loop's own lateness: how late the timer fired
+        self.on_links = None           # (up, total) -> None: told whenever a link changes
         self._bind(doc)
 
     def socket_for(self, doc):
@@ -41,7 +43,7 @@ class MeshRouting:
         if s is not None and (s.address, s.port) == (host_of(me.ipv6), port) and not s.stale():
             return s
         try:
-            return MeshSocket(me.ipv6, port, self.daemon.cfg.interface)
+            return (self.daemon.mesh_socket or MeshSocket)(me.ipv6, port, self.daemon.cfg.interface)
         except OSError as e:
             raise LanmeshError(f"mesh socket [{host_of(me.ipv6)}]:{port} on "
                                f"{self.daemon.cfg.interface}: {e.strerror or e}") from None
@@ -90,7 +92,8 @@ class MeshRouting:
                         send_errors=self.sock.send_errors if self.sock else 0,
                         wrong_interface=self._wrong_interface_before +
                         (self.sock.wrong_interface if self.sock else 0),
-                        adverts_signed=self.keys.signed, adverts_verified=self.keys.verified)
+                        adverts_signed=self.keys.signed, adverts_verified=self.keys.verified,
+                        loop_late_max_ms=self.late_max_ms)
         return {"links": links, "next_hops": st["next_hops"], "counters": counters,
                 "lsdb": st["lsdb"]}
 
@@ -108,6 +111,8 @@ class MeshRouting:
             elif isinstance(e, LinkChanged):
                 log.info("link %s %s (rtt %s ms, cost %s)", e.peer, "up" if e.up else "DOWN",
                          e.rtt_ms, e.cost)
+                if self.on_links is not None:
+                    self.on_links(*self.links_up())
 
     # The core runs from two loop callbacks, no task: a reader on the mesh socket (datagrams
     # are handled as they arrive) and one timer armed for the core's next deadline.
@@ -126,9 +131,11 @@ class MeshRouting:
 
     def _due(self):
         self.wakeups += 1
-        self._armed = None
+        armed, self._armed = self._armed, None
         try:
             now = ticks_ms()
+            if armed is not None:
+                self.late_max_ms = max(self.late_max_ms, ticks_diff(now, armed))
             deadline = self.core.next_deadline()
             if deadline is None or ticks_diff(deadline, now) <= 0:
                 self._effects(self.core.tick(now))

@@ -1,7 +1,8 @@
 # Node-side fleet runtime: glues the broker session (adapters.mqtt), signature checks
-# (fleet.signing), the pure sync core (fleet.sync) and the daemon's hooks
-# (document, apply_document, links_up, status). Owns no policy of its own: the core
-# decides what to apply, confirm or roll back; this file only carries facts and effects.
+# (fleet.signing), the pure sync core (fleet.sync) and the daemon, which executes its Apply
+# and RollBack effects (apply_document) and tells it when links change (links_counted, fed
+# by the mesh's LinkChanged: no polling). Owns no policy of its own: the core decides what
+# to apply, confirm or roll back; this file only carries facts and effects.
 import json
 import time
 
@@ -11,7 +12,6 @@ from ..errors import DocumentError, LanmeshError
 from ..ticks import ticks_add, ticks_diff, ticks_ms
 from . import signing, sync, topics
 
-LINK_POLL_MS = 500         # while a change waits for confirmation
 REPORT_EVERY_MS = 30000    # refresh `reported` (links, last seen) this often
 
 
@@ -78,7 +78,7 @@ class FleetAgent:
         self._closed = False
         self._probe_mids = set()
         self._next_report = None
-        self._next_links = None
+        self._facts = []                # pushed from the loop (links_counted), handled in run()
         self.core = sync.NodeSync(self.fleet["name"], self._current(), settle_ms=settle_ms,
                                   floor=self._floor())
 
@@ -135,15 +135,16 @@ class FleetAgent:
             return
         self.log.info("fleet %s: connecting to %s as %s", f["name"], f["broker"], name)
         now = ticks_ms()
-        self._next_report = self._next_links = now
+        self._next_report = now
         while not self._closed:
             ev = await self.link.next_event(self._wait_ms(ticks_ms()))
             if self._closed:
                 break
             now = ticks_ms()
             effects = []
-            if self.core.pending is not None:
-                effects += self._count_links(now)   # fresh counts before anything can confirm
+            facts, self._facts = self._facts, []
+            for f in facts:
+                effects += self.core.handle(f, now)
             if ev is not None:
                 effects += self._on_event(ev, now)
             effects += self.core.tick(now)
@@ -156,9 +157,13 @@ class FleetAgent:
         d = self.core.next_deadline()
         if d is not None:
             waits.append(ticks_diff(d, now))
-        if self.core.pending is not None:
-            waits.append(ticks_diff(self._next_links, now))
         return max(0, min(waits))
+
+    def links_counted(self, up, total):
+        """The mesh's links changed (called on the loop): a fact for the core."""
+        self._facts.append(sync.LinksCounted(up, total))
+        if self.link is not None:
+            self.link.wake()
 
     def close(self):
         if self._closed:
@@ -217,7 +222,8 @@ class FleetAgent:
         return self.core.handle(sync.DocumentRefused(reason, version), now)
 
     def _count_links(self, now):
-        self._next_links = ticks_add(now, LINK_POLL_MS)
+        """The links as they are now: when a document arrives and once it is applied (after
+        that, links_counted keeps the core up to date)."""
         try:
             up, total = self.daemon.links_up()
         except LanmeshError:
@@ -253,7 +259,7 @@ class FleetAgent:
         except LanmeshError as err:
             self.log.error("fleet: apply of v%d failed, previous state kept: %s", e.version, err)
             return self.core.handle(sync.ApplyFailed(e.version, str(err)), now)
-        return self.core.handle(sync.ApplySucceeded(e.version), now)
+        return self.core.handle(sync.ApplySucceeded(e.version), now) + self._count_links(now)
 
     def reported(self):
         r = {"node": self.cfg.name, "fleet": self.fleet["name"], "time": int(time.time()),
