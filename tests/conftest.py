@@ -3,6 +3,12 @@ import shutil
 
 import pytest
 
+# Imported at collection, not late: hypothesis's pytest plugin imports it in the terminal
+# summary when no test module did, and CPython 3.11.7's AST validator then fails on pytest's
+# rewrite of it from that deep stack ("AST constructor recursion depth mismatch"; fixed in
+# 3.11.8). Running a single test file must not crash for that.
+import hypothesis  # noqa: F401,E402
+
 
 def pytest_collection_modifyitems(config, items):
     reasons = []

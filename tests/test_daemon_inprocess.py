@@ -4,7 +4,6 @@
 # fails makes the mesh reroute with exactly one backend update, and the data-plane work
 # never runs on the loop (the backend sees the applier's thread).
 import asyncio
-import contextlib
 import json
 import os
 import socket
@@ -14,7 +13,7 @@ from lanmesh import aio
 from lanmesh.adapters.udp import host_of
 from lanmesh.config import parse_config
 from lanmesh.daemon import Daemon
-from lanmesh.keys import genkey, pubkey, write_private_key
+from lanmesh.keys import genkey, pubkey, read_private_key, write_private_key
 
 
 class FakeNet:
@@ -79,21 +78,22 @@ class RecordingBackend:
         pass
 
 
-@contextlib.asynccontextmanager
-async def running(cfgs, net):
-    """The daemons of `cfgs` running on this loop → (daemons, backends); stopped after."""
-    backends = [RecordingBackend() for _ in cfgs]
-    daemons = [Daemon(c, backend=b, mesh_socket=lambda *a: FakeMeshSocket(net, *a))
-               for c, b in zip(cfgs, backends)]
-    for d in daemons:
-        d.start()
-    tasks = [asyncio.ensure_future(d.run()) for d in daemons]
-    try:
-        yield daemons, backends
-    finally:
+def running(cfgs, net, body):
+    """Run the daemons of `cfgs` on one loop, await body(daemons, backends), stop them."""
+    async def main():
+        backends = [RecordingBackend() for _ in cfgs]
+        daemons = [Daemon(c, backend=b, mesh_socket=lambda *a: FakeMeshSocket(net, *a))
+                   for c, b in zip(cfgs, backends)]
         for d in daemons:
-            d.request_stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            d.start()
+        tasks = [asyncio.ensure_future(d.run()) for d in daemons]
+        try:
+            await body(daemons, backends)
+        finally:
+            for d in daemons:
+                d.request_stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    aio.run(main())
 
 
 def make_sites(tmp_path, n=3):
@@ -134,23 +134,22 @@ def test_a_failed_link_reroutes_with_exactly_one_backend_update(tmp_path):
         return st["links"] and all(l["up"] for l in st["links"]) and \
             all(r["via"] == r["node"] for r in st["routes"])
 
-    async def main():
-        async with running(cfgs, net) as (daemons, backends):
-            assert await until(lambda: all(direct(d) for d in daemons), 10)
-            a = daemons[0]
-            await asyncio.sleep(0.5)
-            before = len(backends[0].applied)
-            net.cut.add(frozenset((host_of("fd00:6c6d::1/128"), host_of("fd00:6c6d::3/128"))))
-            assert await until(lambda: {r["node"]: r["via"] for r in a.status()["routes"]}
-                               .get("site-c") == "site-b", 5)
-            await asyncio.sleep(0.5)              # both ends' adverts are in: nothing more moves
-            new = backends[0].applied[before:]
-            assert len(new) == 1, new
-            peers = {p.public_key: p for p in new[0].peers.values()}
-            via_b = peers[pubkey(open(cfgs[1].private_key_file).read().strip())].allowed_ips
-            assert "198.19.3.0/24" in via_b
-            assert all(t == "lanmesh-applier" for b in backends for t in b.threads), backends[0].threads
-    aio.run(main())
+    async def body(daemons, backends):
+        assert await until(lambda: all(direct(d) for d in daemons), 10)
+        a = daemons[0]
+        await asyncio.sleep(0.5)
+        before = len(backends[0].applied)
+        net.cut.add(frozenset((host_of("fd00:6c6d::1/128"), host_of("fd00:6c6d::3/128"))))
+        assert await until(lambda: {r["node"]: r["via"] for r in a.status()["routes"]}
+                           .get("site-c") == "site-b", 5)
+        await asyncio.sleep(0.5)              # both ends' adverts are in: nothing more moves
+        new = backends[0].applied[before:]
+        assert len(new) == 1, new
+        peers = {p.public_key: p for p in new[0].peers.values()}
+        via_b = peers[pubkey(read_private_key(cfgs[1].private_key_file))].allowed_ips
+        assert "198.19.3.0/24" in via_b
+        assert all(t == "lanmesh-applier" for b in backends for t in b.threads), backends[0].threads
+    running(cfgs, net, body)
 
 
 def test_fleet_document_is_applied_off_the_loop_and_confirmed(tmp_path):
@@ -205,18 +204,17 @@ def test_fleet_document_is_applied_off_the_loop_and_confirmed(tmp_path):
     async def confirmed(daemons, version):
         return await until(lambda: all(done(d, version) for d in daemons), 20)
 
-    async def main():
-        async with running(cfgs, net) as (daemons, backends):
-            loop = asyncio.get_running_loop()
-            v1 = await loop.run_in_executor(None, publish)
-            assert await confirmed(daemons, v1), [d.status()["fleet_state"] for d in daemons]
-            v2 = await loop.run_in_executor(None, lambda: publish(keepalive=17))
-            assert await confirmed(daemons, v2), [d.status()["fleet_state"] for d in daemons]
-            for b in backends:
-                assert {p.keepalive for p in b.applied[-1].peers.values()} == {17}
-                assert b.threads == {"lanmesh-applier"}
+    async def body(daemons, backends):
+        loop = asyncio.get_running_loop()
+        v1 = await loop.run_in_executor(None, publish)
+        assert await confirmed(daemons, v1), [d.status()["fleet_state"] for d in daemons]
+        v2 = await loop.run_in_executor(None, lambda: publish(keepalive=17))
+        assert await confirmed(daemons, v2), [d.status()["fleet_state"] for d in daemons]
+        for b in backends:
+            assert {p.keepalive for p in b.applied[-1].peers.values()} == {17}
+            assert b.threads == {"lanmesh-applier"}
 
     try:
-        aio.run(main())
+        running(cfgs, net, body)
     finally:
         broker.stop()
