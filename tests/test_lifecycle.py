@@ -133,6 +133,9 @@ def test_failed_apply_is_retried_and_hand_edits_are_undone(make_lab):
     assert st["dataplane"]["apply_failures"] >= 1 and "another route" in st["dataplane"]["last_error"]
     lab.ns.exec(a.router, "ip", "route", "del", b.lan4, "dev", "lan0")     # the conflict goes
     assert lab.wait_ping(a, b, timeout=20), lab.daemon_log(a)              # retried until it works
+    deadline = time.monotonic() + 10        # (the ping can work before that apply returns)
+    while time.monotonic() < deadline and lab.status(a)["dataplane"]["last_error"] is not None:
+        time.sleep(0.2)
     assert lab.status(a)["dataplane"]["last_error"] is None, lab.daemon_log(a)
     # someone edits a managed peer by hand: the re-apply puts it back
     ka = lambda: lab.ns.exec(a.router, "wg", "show", a.ifname, "persistent-keepalive").stdout.split()
