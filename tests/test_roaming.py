@@ -34,10 +34,15 @@ def wait(cond, timeout):
 def test_roamed_endpoint_survives_a_routes_only_reroute_and_re_applies(make_lab):
     lab = make_lab(3)
     a, b, c = lab.sites
-    # c's packets to a leave the WAN from 198.18.3.99:40000 (a NAT rebinding)
+    # c's packets to a reach a from 198.18.3.99:40000, and a's packets to that go to c: a NAT
+    # that rebinds, written stateless (notrack) so it holds whoever sends first
+    host, port = NATTED.split(":")
     lab.ns.exec(lab.wan, "nft", "-f", "-", input=(
-        "table ip lab_nat {\n chain post {\n  type nat hook postrouting priority srcnat;\n"
-        f"  ip saddr {c.wan_ip} ip daddr {a.wan_ip} udp sport 51820 snat to {NATTED}\n }}\n}}\n"))
+        "table ip lab_nat {\n chain pre {\n  type filter hook prerouting priority -300;\n"
+        f"  ip saddr {c.wan_ip} ip daddr {a.wan_ip} udp sport 51820 notrack "
+        f"ip saddr set {host} udp sport set {port}\n"
+        f"  ip daddr {host} udp dport {port} notrack ip daddr set {c.wan_ip} udp dport set 51820\n"
+        " }\n}\n"))
     lab.write_document(lab.document())
     for s in lab.sites:
         lab.start(s, wait=False, extra_env={"LANMESH_REAPPLY_S": "2"})
