@@ -38,7 +38,7 @@ fuzz: venv
 	LANMESH_FUZZ_CASES=$${LANMESH_FUZZ_CASES:-1000000} $(PY) -m pytest -q tests/test_fuzz.py
 
 demo: deps venv
-	$(PY) -m lanmesh.lab.demo
+	$(PY) -m lanmesh_lab.demo
 
 bench: deps venv
 	$(PY) bench/run_all.py

@@ -18,8 +18,8 @@ ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, os.path.join(ROOT, "firmware"))
 
 from lanmesh import control                     # noqa: E402
-from lanmesh.lab.dns import LabDns              # noqa: E402
-from lanmesh.lab.sites import Lab               # noqa: E402
+from lanmesh_lab.dns import LabDns              # noqa: E402
+from lanmesh_lab.sites import Lab               # noqa: E402
 
 
 def scenario(firmware, seconds, delay_ms):

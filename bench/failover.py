@@ -13,8 +13,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "firmware"))
-from lanmesh.lab.failover import PingWatch  # noqa: E402
-from lanmesh.lab.sites import Lab  # noqa: E402
+from lanmesh_lab.failover import PingWatch  # noqa: E402
+from lanmesh_lab.sites import Lab  # noqa: E402
 
 
 def pct(xs, p):

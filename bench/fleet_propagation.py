@@ -24,7 +24,8 @@ sys.path[:0] = [os.path.join(HERE, "..", "firmware"), os.path.join(HERE, "..", "
 
 from lanmesh import aio, keys  # noqa: E402
 from lanmesh.config import parse_config  # noqa: E402
-from lanmesh.fleet import agent as agent_mod, brokerconf, controller, signing, topics  # noqa: E402
+from lanmesh.fleet import agent as agent_mod, signing, topics  # noqa: E402
+from lanmesh.operator import brokerconf, controller  # noqa: E402
 from mqtt_broker import Broker  # noqa: E402
 
 PREFIX = "lanmesh/acme/"

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import serial  # noqa: E402
 
 from console_device import Device  # noqa: E402
-from lanmesh.console import provision  # noqa: E402
+from lanmesh.operator import provision  # noqa: E402
 
 CA = "-----BEGIN CERTIFICATE-----\n" + "\n".join(["M" * 64] * 25) + "\n-----END CERTIFICATE-----\n"
 

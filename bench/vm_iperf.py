@@ -1,5 +1,5 @@
 """TCP throughput through the tunnel, kernel WireGuard vs wireguard-go, inside the qemu VM
-(lanmesh.lab.vm): two namespaces joined by a veth, iperf3 over the bare veth, then over a
+(lanmesh_lab.vm): two namespaces joined by a veth, iperf3 over the bare veth, then over a
 `kernel` backend tunnel, then over a `uapi` (wireguard-go) one. Everything runs under
 software emulation, so absolute figures are far below real hardware; the ratios between
 the three are what this shows.
@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "firmware"))
-from lanmesh.lab.netns import entered  # noqa: E402
+from lanmesh_lab.netns import entered  # noqa: E402
 
 NS = {"a": f"lmi{os.getpid() % 10000}a", "b": f"lmi{os.getpid() % 10000}b"}
 WAN = {"a": "198.18.0.1", "b": "198.18.0.2"}
@@ -29,7 +29,7 @@ OVL = {"a": "100.64.0.1", "b": "100.64.0.2"}
 
 
 def host(seconds, rounds):
-    from lanmesh.lab.vm import run_in_vm, vm_unavailable_reason
+    from lanmesh_lab.vm import run_in_vm, vm_unavailable_reason
     reason = vm_unavailable_reason()
     if reason:
         print(f"skipped: {reason}")

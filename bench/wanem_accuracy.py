@@ -12,8 +12,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "firmware"))
-from lanmesh.lab.sites import Lab  # noqa: E402
-from lanmesh.lab.wanem import WanEmulator  # noqa: E402
+from lanmesh_lab.sites import Lab  # noqa: E402
+from lanmesh_lab.wanem import WanEmulator  # noqa: E402
 
 
 def ping(lab, a, b, count, interval):

@@ -17,7 +17,6 @@ import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from archive import Tree, source_date_epoch  # noqa: E402
-from build_ipk import SKIP_DIRS  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(REPO, "packaging")
@@ -81,7 +80,7 @@ def _read(*parts):
 def package_tree(wheels):
     tree = Tree()
     tree.add_source_tree(os.path.join(REPO, "firmware", "lanmesh"), f"{LIB}/lanmesh",
-                         skip_dirs=SKIP_DIRS)
+                         skip_dirs=("__pycache__",))   # a Pi can be the controller too
     boards = os.path.join(REPO, "board-configs")
     for n in sorted(os.listdir(boards)):
         if n.endswith(".json") and n != "schema.json":

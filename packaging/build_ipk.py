@@ -14,8 +14,8 @@ from feed import read_feed  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEED = os.path.join(REPO, "openwrt", "lanmesh")
-# Not shipped to routers: the network-namespace test bed.
-SKIP_DIRS = ("__pycache__", "lab")
+# Not shipped to routers: the operator's tools (the test bed lives outside the package).
+SKIP_DIRS = ("__pycache__", "operator")
 
 
 def package_tree(repo, feed, python_version):

@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def make_lab():
     """make_lab(n, **kw) → a started-topology Lab; always torn down, even on failure."""
-    from lanmesh.lab.sites import Lab
+    from lanmesh_lab.sites import Lab
     labs = []
 
     def make(n, **kw):

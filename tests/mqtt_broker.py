@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "firmware"))
 
-from lanmesh.fleet import brokerconf  # noqa: E402
+from lanmesh.operator import brokerconf  # noqa: E402
 
 
 def free_port(host="127.0.0.1"):

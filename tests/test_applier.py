@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lanmesh.lab.dns import LabDns
+from lanmesh_lab.dns import LabDns
 
 pytestmark = pytest.mark.netns
 

@@ -11,7 +11,7 @@ import pytest
 import serial
 
 from console_device import Device
-from lanmesh.console import provision
+from lanmesh.operator import provision
 from lanmesh.console.agent import Store
 from lanmesh.keys import pubkey
 

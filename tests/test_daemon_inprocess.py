@@ -159,7 +159,7 @@ def test_fleet_document_is_applied_off_the_loop_and_confirmed(tmp_path):
     import sys
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from mqtt_broker import Broker
-    from lanmesh.fleet import brokerconf, controller
+    from lanmesh.operator import brokerconf, controller
 
     fd = controller.FleetDir.init(str(tmp_path / "acme"), "acme", overlay6="fd00:6c6d::/64")
     fd.registry.set_settings({"confirm_window": 10, "probe_interval_ms": 100})

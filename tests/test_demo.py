@@ -8,7 +8,7 @@ pytestmark = pytest.mark.netns
 
 
 def test_demo_runs_and_passes():
-    r = subprocess.run([sys.executable, "-m", "lanmesh.lab.demo"], capture_output=True, text=True, timeout=240)
+    r = subprocess.run([sys.executable, "-m", "lanmesh_lab.demo"], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "site    LAN" in out and "demo PASSED" in out

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from lanmesh.lab.failover import PingWatch
+from lanmesh_lab.failover import PingWatch
 
 pytestmark = pytest.mark.netns
 

@@ -16,7 +16,8 @@ from lanmesh import atomic, boundjson, control, netdoc
 from lanmesh.config import ConfigError, parse_config
 from lanmesh.console import protocol, session
 from lanmesh.errors import DocumentError, KeyError_
-from lanmesh.fleet import controller, signing
+from lanmesh.fleet import signing
+from lanmesh.operator import controller
 from lanmesh.keys import genkey, pubkey, read_private_key
 from lanmesh.mesh import wire
 from lanmesh.mesh.node import MeshNode

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from lanmesh import keys
-from lanmesh.lab.fleetlab import FleetLab
+from lanmesh_lab.fleetlab import FleetLab
 
 pytestmark = pytest.mark.netns
 
@@ -160,7 +160,7 @@ def test_router_enrolled_over_serial_starts_with_no_document_and_joins(fleet_lab
     import signal
     from console_device import Device
     from lanmesh.atomic import write_atomic
-    from lanmesh.console import provision
+    from lanmesh.operator import provision
     lab, fl = fleet_lab(2)
     fl.start_broker()
     start_all(lab)

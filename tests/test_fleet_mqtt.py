@@ -17,7 +17,8 @@ from lanmesh import aio, keys, netdoc
 from lanmesh.config import parse_config
 from lanmesh.errors import DocumentError
 from lanmesh.fleet import agent as agent_mod
-from lanmesh.fleet import brokerconf, controller, signing, topics
+from lanmesh.fleet import signing, topics
+from lanmesh.operator import brokerconf, controller
 from mqtt_broker import Broker, make_ca
 
 FIRMWARE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "firmware"))

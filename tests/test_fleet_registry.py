@@ -7,7 +7,8 @@ import os
 import pytest
 
 from lanmesh import keys, netdoc
-from lanmesh.fleet import brokerconf, controller, registry, signing
+from lanmesh.fleet import signing
+from lanmesh.operator import brokerconf, controller, registry
 
 
 def pub():

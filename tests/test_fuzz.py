@@ -9,7 +9,8 @@ from lanmesh.config import ConfigError, loads_config
 from lanmesh.console import protocol, session
 from lanmesh.dataplane import uapi_proto
 from lanmesh.errors import DocumentError
-from lanmesh.fleet import agent, controller, signing
+from lanmesh.fleet import agent, signing
+from lanmesh.operator import controller
 from lanmesh.keys import genkey, pubkey
 from lanmesh.mesh import wire
 from lanmesh.mesh.node import MeshNode, MessageReceived

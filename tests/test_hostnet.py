@@ -122,7 +122,7 @@ def sysctl(ns, path):
 
 @pytest.fixture
 def netns():
-    from lanmesh.lab.netns import Namespaces
+    from lanmesh_lab.netns import Namespaces
     spaces = Namespaces()
     agents = []
     spaces.agents = agents

@@ -26,7 +26,7 @@ _SUMMARY = re.compile(r"^=*\s*(.*\b(?:passed|failed|error|errors|skipped|no test
 def _skip_reason():
     if os.geteuid() != 0:
         return "needs root (the VM image cache and qemu's 9p export of /)"
-    from lanmesh.lab.vm import vm_unavailable_reason
+    from lanmesh_lab.vm import vm_unavailable_reason
     return vm_unavailable_reason()
 
 
@@ -48,7 +48,7 @@ def test_kernel_backend_sites_in_vm():
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    from lanmesh.lab.vm import run_in_vm
+    from lanmesh_lab.vm import run_in_vm
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "--color=no",
            "--durations=8",
            "-o", "addopts=", *GUEST_TESTS]

@@ -1,4 +1,4 @@
-# The kernel backend on a real kernel WireGuard, inside a qemu VM (lanmesh.lab.vm), plus
+# The kernel backend on a real kernel WireGuard, inside a qemu VM (lanmesh_lab.vm), plus
 # the harness itself (exit status, env, output, writable share) and the backend's pure
 # reconcile planner. One boot runs every kernel check (tests/vm_guest_kernel.py): imports
 # over 9p under emulation are slow, so one process does it all and reports each check.
@@ -25,7 +25,7 @@ KERNEL_CHECKS = [
 def _skip_reason():
     if os.geteuid() != 0:
         return "needs root (the VM image cache and qemu's 9p export of /)"
-    from lanmesh.lab.vm import vm_unavailable_reason
+    from lanmesh_lab.vm import vm_unavailable_reason
     return vm_unavailable_reason()
 
 
@@ -39,7 +39,7 @@ def vm_available():
 @pytest.fixture(scope="session")
 def kernel_run(vm_available):
     """Boot once, run the whole guest script; {"checks": {name: check}, "timings", "result"}."""
-    from lanmesh.lab.vm import run_in_vm
+    from lanmesh_lab.vm import run_in_vm
     res = run_in_vm([sys.executable, GUEST], timeout=600, cwd=os.path.dirname(GUEST),
                     stream=sys.stdout if os.environ.get("LANMESH_VM_VERBOSE") else None)
     print(f"\nVM kernel test: {res}")
@@ -72,7 +72,7 @@ def test_kernel_guest_exit_status(kernel_run):
 
 @pytest.mark.vm
 def test_run_in_vm_exit_env_output_and_writable_share(vm_available, tmp_path):
-    from lanmesh.lab.vm import run_in_vm
+    from lanmesh_lab.vm import run_in_vm
     share = tmp_path / "share"
     share.mkdir()
     script = ('echo "hello $GREETING from $(uname -r)"\n'

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from lanmesh.lab import nfqueue
-from lanmesh.lab.wanem import CHAIN, NFT_TABLE, WanEmulator
+from lanmesh_lab import nfqueue
+from lanmesh_lab.wanem import CHAIN, NFT_TABLE, WanEmulator
 
 
 # -- codec: no root needed -----------------------------------------------------------------
@@ -61,7 +61,7 @@ def test_codec_garbage_only_raises_malformed():
 # -- in namespaces ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab():
-    from lanmesh.lab.sites import Lab
+    from lanmesh_lab.sites import Lab
     with Lab(3) as lab:
         yield lab
 

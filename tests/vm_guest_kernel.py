@@ -17,7 +17,7 @@ from lanmesh.dataplane.kernel import KernelBackend, kernel_available  # noqa: E4
 from lanmesh.dataplane.linkstate import LinkState, PeerState  # noqa: E402
 from lanmesh.dataplane.uapi_proto import norm_prefix  # noqa: E402
 from lanmesh.keys import genkey, pubkey  # noqa: E402
-from lanmesh.lab.netns import entered  # noqa: E402
+from lanmesh_lab.netns import entered  # noqa: E402
 
 IMPORT_S = time.monotonic() - T0
 PREFIX = f"lmk{os.getpid() % 10000}"

@@ -10,7 +10,7 @@ from .errors import DocumentError, LanmeshError
 
 DEFAULT_CONFIG = "/etc/lanmesh/node.json"
 # Subcommand groups owned by other modules; each has register(subparsers).
-_EXTENSIONS = ("lanmesh.fleet.cli", "lanmesh.console.cli")
+_EXTENSIONS = ("lanmesh.operator.cli", "lanmesh.console.cli")   # absent ones are skipped
 
 
 def _die(msg, code=1):

@@ -1,7 +1,6 @@
-# `lanmesh console` (device agent) and `lanmesh provision` (host tool).
+# `lanmesh console`: the device agent (router side; `lanmesh provision` is the operator's).
 
 
 def register(sub, groups):
-    from . import agent, provision
+    from . import agent
     agent.register(sub)
-    provision.register(sub)

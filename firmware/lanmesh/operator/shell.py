@@ -6,7 +6,7 @@ import re
 import time
 
 from ..errors import LanmeshError
-from . import protocol
+from ..console import protocol
 
 BANNER = b"Please press Enter to activate this console."
 KERNEL_LINE = re.compile(rb"\[\s*\d+\.\d+\][^\r\n]*(\r\n|\n|\r|$)")

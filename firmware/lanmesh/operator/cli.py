@@ -10,6 +10,8 @@ from ..errors import DocumentError, LanmeshError
 
 
 def register(sub, groups):
+    from . import provision
+    provision.register(sub)
     d = groups["doc"]
     s = d.add_parser("sign", help="sign a network document with the fleet key; prints the envelope")
     s.add_argument("--key", required=True, help="Ed25519 signing key file (fleet dir signing.key)")
@@ -102,7 +104,7 @@ def register(sub, groups):
 # -- doc ---------------------------------------------------------------------------------
 def cmd_doc_sign(args):
     from .. import netdoc
-    from . import signing
+    from ..fleet import signing
     doc = netdoc.load(args.path)   # never sign a document a node would reject
     env = signing.sign(doc.raw, signing.read_key(args.key))
     sys.stdout.write(signing.envelope_bytes(env).decode() + "\n")
@@ -110,7 +112,7 @@ def cmd_doc_sign(args):
 
 
 def cmd_doc_verify(args):
-    from . import signing
+    from ..fleet import signing
     try:
         with open(args.path, "rb") as f:
             data = f.read(signing.MAX_ENVELOPE_BYTES + 1)
@@ -218,7 +220,8 @@ def cmd_publish(args):
 
 
 def cmd_status(args):
-    from . import controller, topics
+    from . import controller
+    from ..fleet import topics
     fd = _fd(args)
     opts = _broker(args, fd)
     if not args.watch:

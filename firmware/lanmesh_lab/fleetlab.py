@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 
-from ..atomic import write_atomic
-from ..fleet import brokerconf, controller, signing
+from lanmesh.atomic import write_atomic
+from lanmesh.fleet import signing
+from lanmesh.operator import brokerconf, controller
 from .sites import OVERLAY4, OVERLAY6
 
 FLEET = "lab"
@@ -25,7 +26,8 @@ PORT = 8883
 # Publishes an envelope file as the retained `net`; records it in the registry if asked.
 _PUBLISH_ENVELOPE = """
 import sys
-from lanmesh.fleet import controller, topics
+from lanmesh.fleet import topics
+from lanmesh.operator import controller
 fd, env = controller.FleetDir(sys.argv[1]), open(sys.argv[2], "rb").read()
 if sys.argv[4] == "record":
     controller.publish(fd, env, int(sys.argv[3]), fd.broker_options())

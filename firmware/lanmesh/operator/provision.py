@@ -13,7 +13,8 @@ import sys
 import time
 
 from ..errors import LanmeshError
-from . import protocol, shell
+from ..console import protocol
+from . import shell
 
 CHUNK = 600   # CA characters per line (the device bounds a line at protocol.MAX_LINE)
 
@@ -75,7 +76,7 @@ class Node:
 
     def check(self):
         from ..prefix import parse_prefix
-        from .session import parse_value
+        from ..console.session import parse_value
         for key, value in self.settings():
             try:
                 parse_value(key, json.dumps(value))
@@ -96,7 +97,7 @@ def register_node(fleet_dir, name, public_key, lan):
     if not fleet_dir:
         return None
     try:
-        from ..fleet.controller import FleetDir
+        from .controller import FleetDir
     except ImportError:
         return None
     reg = FleetDir(fleet_dir).registry
@@ -118,7 +119,7 @@ def fleet_defaults(fleet_dir):
     try:
         with open(os.path.join(fleet_dir, "signing.pub")) as f:
             out["fleet_key"] = f.read().strip()
-        from ..fleet.controller import FleetDir
+        from .controller import FleetDir
         reg = FleetDir(fleet_dir).registry
         out.update(broker=reg.get("broker"), ca_file=reg.get("ca_file"))
     except (OSError, ImportError, LanmeshError):
@@ -229,8 +230,8 @@ def _node(args, name, lan):
     if not password and args.fleet and args.fleet_dir and not args.username:
         # One pass over the cable: the node's broker account comes from the fleet directory
         # (the one it has, or a new one recorded once the device committed it).
-        from ..fleet.brokerconf import node_credential
-        from ..fleet.controller import FleetDir
+        from .brokerconf import node_credential
+        from .controller import FleetDir
         broker_dir = FleetDir(args.fleet_dir).broker_dir
         password = node_credential(broker_dir, name)
         credential = (broker_dir, password)
@@ -278,7 +279,7 @@ def _summary(args, s, port_path, out, credential=None):
         out("    lanmesh fleet node add %s --public-key %s %s" % (
             s["name"], s["public_key"], " ".join("--lan %s" % p for p in s["lan"])))
     if credential is not None:
-        from ..fleet.brokerconf import add_node_credential
+        from .brokerconf import add_node_credential
         broker_dir, password = credential
         if add_node_credential(broker_dir, s["name"], password):
             out("  broker      account %s added to %s/passwd (reload the broker: SIGHUP)"

@@ -176,7 +176,7 @@ _text = lambda b: str(ipaddress.ip_address(b))             # noqa: E731
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m lanmesh.lab.wanem",
+    ap = argparse.ArgumentParser(prog="python -m lanmesh_lab.wanem",
                                  description="NFQUEUE delay/jitter stage (run inside the WAN namespace)")
     ap.add_argument("--queue", type=int, default=0)
     ap.add_argument("--control", required=True, help="unix socket path for JSON-line commands")
@@ -214,7 +214,7 @@ class WanEmulator:
         self._own_mangle = False
         try:
             self.ipt = self._pick_iptables()
-            argv = [sys.executable, "-m", "lanmesh.lab.wanem", "--queue", str(queue),
+            argv = [sys.executable, "-m", "lanmesh_lab.wanem", "--queue", str(queue),
                     "--control", self.control_path, "--maxlen", str(maxlen)]
             argv += ["--overflow-accept"] if overflow_accept else []
             argv += ["--seed", str(seed)] if seed is not None else []

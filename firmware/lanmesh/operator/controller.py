@@ -9,7 +9,8 @@ import time
 from .. import boundjson
 from ..atomic import write_atomic
 from ..errors import LanmeshError
-from . import registry, signing, topics
+from ..fleet import signing, topics
+from . import registry
 from .brokerconf import controller_url, new_password
 
 BROKER_KEYS = ("broker", "ca_file", "username", "password_file")

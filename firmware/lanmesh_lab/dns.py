@@ -4,7 +4,7 @@
 # routers get it through /etc/netns/<namespace>/resolv.conf, which `ip netns exec` mounts
 # over /etc/resolv.conf. Lab.close() removes those files with the namespaces.
 #
-#   python -m lanmesh.lab.dns TABLE_FILE DELAY_MS     (TABLE_FILE: JSON {name: ipv4})
+#   python -m lanmesh_lab.dns TABLE_FILE DELAY_MS     (TABLE_FILE: JSON {name: ipv4})
 import json
 import os
 import socket
@@ -75,13 +75,13 @@ class LabDns:
         self.lab = lab
         self.path = os.path.join(lab.workdir, "dns.json")
         self.set(table)
-        self.proc = lab.ns.popen(ns, [sys.executable, "-m", "lanmesh.lab.dns", self.path,
+        self.proc = lab.ns.popen(ns, [sys.executable, "-m", "lanmesh_lab.dns", self.path,
                                       str(delay_ms)], stdout=__import__("subprocess").PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("lab DNS server did not start")
 
     def set(self, table):
-        from ..atomic import write_atomic
+        from lanmesh.atomic import write_atomic
         write_atomic(self.path, json.dumps(table))
 
     def use(self, site, server_ip):

@@ -5,7 +5,7 @@
 # /init prints a marker with the exit status and we read it from the serial console.
 #
 #   run_in_vm(["python", "-c", "print(1)"], env={"X": "1"}, timeout=300) -> VmResult
-#   python -m lanmesh.lab.vm [--timeout S] [--rw DIR] -- <cmd…>
+#   python -m lanmesh_lab.vm [--timeout S] [--rw DIR] -- <cmd…>
 import codecs
 import io
 import os
@@ -215,7 +215,7 @@ def _stderr_log(msg):
 
 def main(argv=None):
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m lanmesh.lab.vm", description=(
+    ap = argparse.ArgumentParser(prog="python -m lanmesh_lab.vm", description=(
         "Run a command as root on a WireGuard-capable kernel under qemu; the host's / is "
         "read-only in the guest, /tmp and /run are fresh tmpfs."))
     ap.add_argument("--timeout", type=float, default=600)

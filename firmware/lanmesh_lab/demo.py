@@ -6,7 +6,7 @@ import re
 import sys
 import time
 
-from ..status_view import table
+from lanmesh.status_view import table
 from .failover import PingWatch
 from .fleetlab import FleetLab
 from .sites import Lab

@@ -13,9 +13,9 @@ import sys
 import tempfile
 import time
 
-from .. import control
-from ..atomic import write_atomic
-from ..keys import genkey, pubkey, write_private_key
+from lanmesh import control
+from lanmesh.atomic import write_atomic
+from lanmesh.keys import genkey, pubkey, write_private_key
 from .netns import Namespaces
 
 OVERLAY4, OVERLAY6 = "100.64.0.0/10", "fd00:6c6d::/64"
