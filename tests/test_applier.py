@@ -33,7 +33,7 @@ def test_slow_dns_and_applies_never_delay_probes(make_lab):
         lab.wait_ready(s, timeout=30)
     assert lab.wait_direct(timeout=30)
     flaps0 = {s.name: [l["flaps"] for l in lab.status(s)["links"]] for s in lab.sites}
-    end = time.monotonic() + 15
+    end = time.monotonic() + 8           # two whole 4 s applies, every site
     samples = 0
     while time.monotonic() < end:
         for s in lab.sites:
@@ -47,7 +47,7 @@ def test_slow_dns_and_applies_never_delay_probes(make_lab):
         assert [l["flaps"] for l in st["links"]] == flaps0[s.name]
         assert st["dataplane"]["longest_apply_ms"] >= 3500     # the resolver really was slow
         assert " DOWN " not in lab.daemon_log_full(s)
-    assert samples >= 20
+    assert samples >= 10
 
 
 def test_site_that_moved_behind_its_name_is_reached_again(make_lab):

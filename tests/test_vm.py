@@ -41,6 +41,8 @@ def kernel_run(vm_available):
     """Boot once, run the whole guest script; {"checks": {name: check}, "timings", "result"}."""
     from lanmesh_lab.vm import run_in_vm
     res = run_in_vm([sys.executable, GUEST], timeout=600, cwd=os.path.dirname(GUEST),
+                    env={"PYTHONPATH": os.path.join(os.path.dirname(os.path.dirname(GUEST)),
+                                                    "firmware")},      # this checkout's code
                     stream=sys.stdout if os.environ.get("LANMESH_VM_VERBOSE") else None)
     print(f"\nVM kernel test: {res}")
     report = None

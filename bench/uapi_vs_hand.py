@@ -1,0 +1,103 @@
+# Issue 11: does lanmesh's userspace data plane lose throughput against wireguard-go set up
+# by hand? Two 2-site labs side by side: one run by lanmesh (uapi backend), one where each
+# router runs wireguard-go configured with `wg` and `ip` the way a person would, with the same
+# keys, MTU, keepalive and allowed IPs. iperf3 from LAN host a to LAN host b, 1 and 4 streams,
+# alternated round by round; throughput ratio and wireguard-go CPU per bit (lanmesh / hand).
+#   .venv/bin/python bench/uapi_vs_hand.py [--rounds 3] [--seconds 5]
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "firmware"))
+sys.path.insert(0, HERE)
+
+from lanmesh_lab.sites import Lab          # noqa: E402
+from startup_idle import cpu_ticks         # noqa: E402
+
+
+def wg_pids(lab):
+    out = []
+    for s in lab.sites:
+        for pid in lab.ns.pids(s.router):
+            try:
+                if open(f"/proc/{pid}/comm").read().strip() == "wireguard-go":
+                    out.append(pid)
+            except OSError:
+                pass
+    return out
+
+
+def by_hand(lab):
+    """Each router: wireguard-go + wg set + ip, as a person configures it from the document."""
+    doc = lab.document()
+    for s in lab.sites:
+        ns = s.router
+        lab.ns.popen(ns, ["wireguard-go", "-f", s.ifname], env=dict(os.environ, WG_PROCESS_FOREGROUND="1"),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if lab.ns.exec(ns, "wg", "show", s.ifname, check=False).returncode == 0:
+                break
+            time.sleep(0.05)
+        key = os.path.join(s.dir, "private.key")
+        lab.ns.exec(ns, "wg", "set", s.ifname, "private-key", key, "listen-port", "51820")
+        for n in doc["nodes"]:
+            if n["name"] == s.name:
+                continue
+            lab.ns.exec(ns, "wg", "set", s.ifname, "peer", n["public_key"], "endpoint", n["endpoints"][0],
+                        "persistent-keepalive", "25", "allowed-ips", ",".join(n["address"] + n["lan"]))
+        lab.ns.exec(ns, "ip", "link", "set", s.ifname, "mtu", "1420", "up")
+        for a in (s.overlay4 + "/32", s.overlay6 + "/128"):
+            lab.ns.exec(ns, "ip", "addr", "add", a, "dev", s.ifname)
+        for o in lab.sites:
+            if o is not s:
+                for p in (o.lan4, o.lan6, o.overlay4 + "/32", o.overlay6 + "/128"):
+                    lab.ns.exec(ns, "ip", "route", "add", p, "dev", s.ifname)
+        lab.ns.exec(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+
+
+def iperf(lab, streams, seconds):
+    a, b = lab.sites
+    pids = wg_pids(lab)
+    t0 = sum(cpu_ticks(p) for p in pids)
+    r = lab.ns.exec(a.host, "iperf3", "-c", b.host4, "-t", str(seconds), "-P", str(streams), "-J",
+                    check=False, timeout=seconds + 30)
+    ticks = sum(cpu_ticks(p) for p in pids) - t0
+    data = json.loads(r.stdout)["end"]["sum_received"]
+    return data["bits_per_second"], ticks / os.sysconf("SC_CLK_TCK") / (data["bytes"] * 8) * 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    a = ap.parse_args()
+    with Lab(2) as mesh, Lab(2) as hand:
+        mesh.start_all()
+        mesh.wait_ping(*mesh.sites)
+        by_hand(hand)
+        hand.wait_ping(*hand.sites)
+        for lab in (mesh, hand):
+            lab.ns.popen(lab.sites[1].host, ["iperf3", "-s"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        for streams in (1, 4):
+            ratios, cpu = [], []
+            for _ in range(a.rounds):
+                (m_bps, m_cpu), (h_bps, h_cpu) = iperf(mesh, streams, a.seconds), iperf(hand, streams, a.seconds)
+                ratios.append(m_bps / h_bps)
+                cpu.append(m_cpu / h_cpu)
+                print(f"  {streams} stream(s): lanmesh {m_bps / 1e6:.0f} Mbit/s, by hand "
+                      f"{h_bps / 1e6:.0f} Mbit/s; wireguard-go CPU s per Gbit {m_cpu:.2f} vs {h_cpu:.2f}",
+                      flush=True)
+            print(f"{streams} stream(s), {a.rounds} alternated rounds: throughput lanmesh / hand "
+                  f"median {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}); "
+                  f"CPU per bit lanmesh / hand median {statistics.median(cpu):.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
