@@ -39,7 +39,7 @@ class Applier:
         self._want = None               # the latest desired state (retried, re-applied)
         self._tickets = 0
         self._results = collections.deque()
-        self._signal = aio.Signal()
+        self._waiters = set()           # one aio.Signal per waiting coroutine (single-waiter)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="lanmesh-applier", daemon=True)
         self._thread.start()
@@ -56,13 +56,21 @@ class Applier:
 
     async def wait(self, ticket):
         """The outcome of submit()'s ticket: None on success, else the LanmeshError. A newer
-        submit that replaced it before it started answers for it."""
-        while True:
+        submit that replaced it before it started answers for it. Any number of coroutines
+        may wait at once (a reload and a fleet document)."""
+        signal = aio.Signal()
+        with self._cond:
+            self._waiters.add(signal)
+        try:
+            while True:
+                with self._cond:
+                    for t, err in self._results:
+                        if t >= ticket:
+                            return err
+                await signal.wait_ms(None)
+        finally:
             with self._cond:
-                for t, err in self._results:
-                    if t >= ticket:
-                        return err
-            await self._signal.wait_ms(None)
+                self._waiters.discard(signal)
 
     def forget(self):
         """Stop retrying and re-applying (the data plane was taken down on purpose)."""
@@ -118,7 +126,9 @@ class Applier:
                     self._results.append((ticket, err))
                     while len(self._results) > 16:
                         self._results.popleft()
-                self._signal.set()
+                    waiters = list(self._waiters)
+                for w in waiters:
+                    w.set()
 
     def _apply(self, state):
         t = time.monotonic()
