@@ -109,7 +109,6 @@ def main():
         broker.start()
         fd.registry.set("broker", broker.url)
         fd.registry.set("controller_broker", broker.controller_url)
-    fd.registry.set("controller_broker", broker.controller_url)
         fd.registry.set("ca_file", broker.ca_file)
         opts = fd.broker_options()
         for n in names:

@@ -4,9 +4,8 @@
 # the very same datagram arriving through the tunnel is heard (and refused for its forged
 # signature): the positive control that shows the counters would move. And a document whose
 # mesh port cannot be bound changes nothing at all.
-import json
-import os
 import re
+import subprocess
 import sys
 import time
 
@@ -98,7 +97,7 @@ def test_document_whose_mesh_port_cannot_be_bound_changes_nothing(make_lab):
     holder = lab.ns.popen(a.router, [sys.executable, "-c",
                                      "import socket,time\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
                                      "s.bind(('::', 51899))\nprint('bound', flush=True)\ntime.sleep(120)"],
-                          stdout=__import__("subprocess").PIPE, text=True)
+                          stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "bound"
     new = lab.document(mesh_port=51899, keepalive=17)
     lab.write_document(new, [a])

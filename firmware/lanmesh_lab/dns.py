@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -76,7 +77,7 @@ class LabDns:
         self.path = os.path.join(lab.workdir, "dns.json")
         self.set(table)
         self.proc = lab.ns.popen(ns, [sys.executable, "-m", "lanmesh_lab.dns", self.path,
-                                      str(delay_ms)], stdout=__import__("subprocess").PIPE, text=True)
+                                      str(delay_ms)], stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("lab DNS server did not start")
 
