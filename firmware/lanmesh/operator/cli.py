@@ -250,7 +250,9 @@ def cmd_broker_config(args):
     fresh = brokerconf.write_broker_config(
         out, fd.prefix(), names, read_secret(fd.password_path), args.listen, args.port,
         _abs(args.ca_file), _abs(args.cert_file), _abs(args.key_file), rotate=set(args.rotate))
-    print(f"wrote {out}/mosquitto.conf, passwd ({len(names)} nodes + controller), acl")
+    print(f"wrote {out}/mosquitto.conf, passwd ({len(names)} nodes), controller.passwd, acl")
+    print(f"  routers connect to port {args.port} (client id = username); the controller "
+          f"(`lanmesh fleet publish|status`) to port {args.port + 1}")
     for name in sorted(fresh):
         where = os.path.join(out, "credentials", name + ".pass")
         print(f"  {name}: new password" + (f" {fresh[name]}" if args.print_passwords else "") +
