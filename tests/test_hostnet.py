@@ -297,7 +297,7 @@ def test_bad_input_changes_nothing(netns):
 
 @pytest.mark.netns
 def test_apply_works_from_inside_an_event_loop(netns):
-    # pyroute2's sync API cannot run on a thread whose asyncio loop is running.
+    # netlink calls block briefly; they must also work on a thread running a loop.
     ns, ifname, agent = _setup(netns)
     assert "address add 100.64.0.1/32" in agent.call("apply_in_loop", state=_state(ifname))
     assert "100.64.0.1/32" in _addrs(ns, ifname)

@@ -1,7 +1,7 @@
 # Issue 2: the idle daemon must fit a 128 MB router (DESIGN §2.6). What keeps it small:
 # no `cryptography` (keys.pubkey is pure-Python X25519), no ssl/OpenSSL behind asyncio
 # (lanmesh.aio imports asyncio with ssl masked; TLS still works when somebody asks for
-# it), no pyroute2 (HostNet's netlink work runs in a short-lived child process).
+# it), no pyroute2 (lanmesh.netlink is a small codec of its own).
 import os
 import subprocess
 import sys
@@ -135,25 +135,26 @@ def test_idle_daemon_rss_and_no_heavy_libraries(make_lab, tmp_path):
         assert rss <= RSS_LIMIT_MB, f"{s.name}: daemon RSS {rss:.1f} MB > {RSS_LIMIT_MB} MB"
 
 
-def test_netlink_helper_runs_only_when_something_changed(monkeypatch):
-    # Mesh failovers re-apply the LinkState with new allowed IPs only: they must not spawn
-    # the pyroute2 helper. A new device (wireguard-go restarted: new ifindex), a failed
-    # run or a changed MTU/address/route set does.
+def test_netlink_step_runs_only_when_something_changed(monkeypatch):
+    # Mesh failovers re-apply the LinkState with new allowed IPs only: they must not redo
+    # the link/address/route step. A new device (wireguard-go restarted: new ifindex), a
+    # failed run or a changed MTU/address/route set does.
     from lanmesh.dataplane import hostnet
     from lanmesh.dataplane.linkstate import LinkState
     from lanmesh.errors import BackendError
 
     calls, index, fail = [], [7], []
 
-    def child(req):
-        calls.append(req)
-        return {"changes": ["x"], "problems": list(fail), "owned": req["addrs"], "error": None}
+    def run(self, mtu, addrs, routes, changes, problems):
+        calls.append({"mtu": mtu, "owned": sorted(self._owned_addrs)})
+        self._owned_addrs = set(addrs)
+        changes.append("x")
+        problems.extend(fail)
 
-    monkeypatch.setattr(hostnet, "_child", child)
+    monkeypatch.setattr(hostnet.HostNet, "_run_netlink", run)
     monkeypatch.setattr(hostnet, "_ifindex", lambda name: index[0])
     monkeypatch.setattr(hostnet.HostNet, "_apply_sysctl", lambda self, fwd, changes: None)
     monkeypatch.setattr(hostnet.HostNet, "_apply_nft", lambda self, state, changes: None)
-    monkeypatch.delitem(sys.modules, "pyroute2", raising=False)
     hn = hostnet.HostNet("lm0")
 
     def st(**kw):
@@ -163,7 +164,7 @@ def test_netlink_helper_runs_only_when_something_changed(monkeypatch):
         return LinkState(**base)
 
     hn.apply(st())
-    hn.apply(st(listen_port=1))             # only WireGuard-side changes: no helper
+    hn.apply(st(listen_port=1))             # only WireGuard-side changes: no netlink step
     assert len(calls) == 1
     hn.apply(st(mtu=1300))
     assert len(calls) == 2 and calls[-1]["mtu"] == 1300

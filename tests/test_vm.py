@@ -213,29 +213,16 @@ def test_plan_listen_port_zero_means_leave_it():
     assert plan(_dev({}, port=40000), _dev({}, port=0)) == []
 
 
-class _Msg:
-    """Stands in for a decoded pyroute2 message: get_attr by name."""
-
-    def __init__(self, **attrs):
-        self.attrs = attrs
-
-    def get_attr(self, name):
-        return self.attrs.get(name)
-
-
 def test_parse_info_merges_a_peer_split_over_messages():
-    first = _Msg(WGDEVICE_A_PRIVATE_KEY=PRIV.encode(), WGDEVICE_A_LISTEN_PORT=51820,
-                 WGDEVICE_A_PEERS=[_Msg(
-                     WGPEER_A_PUBLIC_KEY=K1.encode(),
-                     WGPEER_A_ENDPOINT={"addr": "fd00::2", "port": 51820},
-                     WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL=25,
-                     WGPEER_A_LAST_HANDSHAKE_TIME={"tv_sec": 10, "tv_nsec": 500_000_000},
-                     WGPEER_A_RX_BYTES=1, WGPEER_A_TX_BYTES=2,
-                     WGPEER_A_ALLOWEDIPS=[{"addr": "100.64.0.2/32"}])])
+    from netlink_frames import wg_dump_part, wg_peer
+    priv = "E" * 42 + "A="                  # canonical base64, as the kernel's bytes read back
+    first = wg_dump_part(priv, 51820, [wg_peer(K1, endpoint=("fd00::2", 51820), keepalive=25,
+                                               handshake=(10, 500_000_000), rx=1, tx=2,
+                                               allowed=["100.64.0.2/32"])])
     # the kernel continues the same peer's allowed IPs in the next message, key only
-    second = _Msg(WGDEVICE_A_PEERS=[_Msg(WGPEER_A_PUBLIC_KEY=K1.encode(),
-                                         WGPEER_A_ALLOWEDIPS=[{"addr": "198.19.1.0/24"}])])
-    dev = parse_info([first, second])
-    assert dev["private_key"] == PRIV and dev["listen_port"] == 51820
+    second = wg_dump_part(None, None, [wg_peer(K1, allowed=["198.19.1.0/24"])])
+    from lanmesh.netlink import wgnl
+    dev = parse_info(wgnl.parse_device([first, second]))
+    assert dev["private_key"] == priv and dev["listen_port"] == 51820
     assert dev["peers"][K1] == _peer(["100.64.0.2/32", "198.19.1.0/24"], "[fd00::2]:51820", 25,
                                      last_handshake=10.5, rx_bytes=1, tx_bytes=2)

@@ -6,26 +6,22 @@
 # <run_dir>/<ifname>.sysctl.json, so the daemon that restarts after a crash still restores
 # what the host had before lanmesh, not the 1 its crashed predecessor left).
 #
-# The netlink part needs pyroute2 (~20 MB RSS, for good). It runs rarely (start, document
-# change, repair), so unless pyroute2 is already loaded (kernel backend) it runs in a
-# short-lived child, `python -m lanmesh.dataplane.hostnet`, JSON in and out; and it is
-# skipped when neither what we want (MTU, addresses, routes) nor the device (ifindex)
-# changed since the last clean run, so mesh failovers (which change only allowed IPs)
-# never spawn it.
+# The netlink part (lanmesh.netlink, in-process, a few ms) is skipped when neither what we
+# want (MTU, addresses, routes) nor the device (ifindex) changed since the last clean run,
+# so mesh failovers (which change only allowed IPs) never touch it.
 import ipaddress
 import json
 import os
 import socket
-import subprocess
-import sys
 
 from ..errors import BackendError
+from ..netlink import rtnl
+from ..netlink.codec import MalformedReply, NetlinkError
 from . import nft
-from .offloop import off_loop
 
 RTPROT_LANMESH = 108          # our routes' protocol tag: how we find (only) our own routes
 MAIN_TABLE = 254
-IFF_UP = 0x1
+IFF_UP = rtnl.IFF_UP
 EEXIST, ESRCH, ENOENT, EADDRNOTAVAIL, ENODEV = 17, 3, 2, 99, 19
 FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
 
@@ -42,10 +38,6 @@ def _net(text):
         return str(ipaddress.ip_network(text, strict=False))
     except ValueError:
         raise BackendError(f"route {text!r} is not an IP prefix") from None
-
-
-def _code(exc):
-    return getattr(exc, "code", None)
 
 
 class HostNet:
@@ -109,42 +101,34 @@ class HostNet:
     # --- steps ----------------------------------------------------------------------------
 
     def _run_netlink(self, mtu, addrs, routes, changes, problems):
-        if "pyroute2" in sys.modules:       # already paid for (kernel backend): in-process
-            _netlink(self._apply_netlink, mtu, addrs, routes, changes, problems)
-            return
-        reply = _child({"ifname": self.ifname, "mtu": mtu, "addrs": sorted(addrs),
-                        "routes": sorted(routes), "owned": sorted(self._owned_addrs)})
-        self._owned_addrs = set(reply["owned"])
-        changes.extend(reply["changes"])
-        problems.extend(reply["problems"])
-        if reply.get("error"):
-            raise BackendError(reply["error"])
+        try:
+            with rtnl.open_socket() as nl:
+                self._apply_netlink(nl, mtu, addrs, routes, changes, problems)
+        except NetlinkError as exc:
+            raise BackendError(f"netlink: {exc}") from None
+        except (OSError, MalformedReply) as exc:
+            raise BackendError(f"netlink: {exc}") from None
 
-    def _apply_netlink(self, ipr, mtu, addrs, routes, changes, problems):
-        found = ipr.link_lookup(ifname=self.ifname)
-        if not found:
+    def _apply_netlink(self, nl, mtu, addrs, routes, changes, problems):
+        link = rtnl.link(nl, name=self.ifname)
+        if link is None:
             raise BackendError(f"{self.ifname}: no such interface")
-        idx = found[0]
-        if mtu is not None:
-            link = tuple(ipr.get_links(idx))[0]
-            if link.get("IFLA_MTU") != mtu or not link["flags"] & IFF_UP:
-                ipr.link("set", index=idx, mtu=mtu, state="up")
-                changes.append(f"link mtu {mtu} up")
-        self._apply_addrs(ipr, idx, addrs, changes, problems)
-        self._apply_routes(ipr, idx, routes, changes, problems)
+        idx = link["index"]
+        if mtu is not None and (link["mtu"] != mtu or not link["flags"] & IFF_UP):
+            rtnl.link_set(nl, idx, mtu=mtu, up=True)
+            changes.append(f"link mtu {mtu} up")
+        self._apply_addrs(nl, idx, addrs, changes, problems)
+        self._apply_routes(nl, idx, routes, changes, problems)
 
-    def _apply_addrs(self, ipr, idx, want, changes, problems):
-        have = set()
-        for msg in ipr.get_addr(index=idx):
-            ip = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-            have.add(str(ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}")))
+    def _apply_addrs(self, nl, idx, want, changes, problems):
+        have = set(rtnl.addrs(nl, idx))
         for a in sorted(want - have):
             ip, _, plen = a.partition("/")
             try:
-                ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
-            except Exception as exc:
-                if _code(exc) != EEXIST:
-                    problems.append(f"address {a}: {exc}")
+                rtnl.addr(nl, "add", idx, ip, int(plen))
+            except NetlinkError as exc:
+                if exc.code != EEXIST:
+                    problems.append(f"address {a}: {exc.strerror}")
                     continue
             self._owned_addrs.add(a)
             changes.append(f"address add {a}")
@@ -152,41 +136,37 @@ class HostNet:
             if a in have:
                 ip, _, plen = a.partition("/")
                 try:
-                    ipr.addr("del", index=idx, address=ip, prefixlen=int(plen))
-                except Exception as exc:
-                    if _code(exc) != EADDRNOTAVAIL:
-                        problems.append(f"address {a}: {exc}")
+                    rtnl.addr(nl, "del", idx, ip, int(plen))
+                except NetlinkError as exc:
+                    if exc.code != EADDRNOTAVAIL:
+                        problems.append(f"address {a}: {exc.strerror}")
                         continue
                 changes.append(f"address del {a}")
             self._owned_addrs.discard(a)
 
-    def _apply_routes(self, ipr, idx, want, changes, problems):
+    def _apply_routes(self, nl, idx, want, changes, problems):
         ours, on_dev = set(), set()
-        for family in (2, 10):
-            for msg in ipr.get_routes(family=family, table=MAIN_TABLE):
-                if msg.get("RTA_OIF") != idx or msg.get("RTA_TABLE", msg["table"]) != MAIN_TABLE:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for r in rtnl.routes(nl, family):
+                if r["oif"] != idx or r["table"] != MAIN_TABLE:
                     continue
-                zero = "0.0.0.0" if family == 2 else "::"
-                dst = f"{msg.get('RTA_DST') or zero}/{msg['dst_len']}"
-                (ours if msg["proto"] == RTPROT_LANMESH else on_dev).add(dst)
+                (ours if r["proto"] == RTPROT_LANMESH else on_dev).add(r["dst"])
         for dst in sorted(want - ours - on_dev):   # already routed into the tunnel: leave it
-            v4 = ":" not in dst
             try:
-                ipr.route("add", dst=dst, oif=idx, table=MAIN_TABLE, proto=RTPROT_LANMESH,
-                          **({"scope": 253} if v4 else {}))
+                rtnl.route(nl, "add", dst, idx, MAIN_TABLE, RTPROT_LANMESH,
+                           253 if ":" not in dst else 0)
                 changes.append(f"route add {dst}")
-            except Exception as exc:
-                why = "another route for it exists" if _code(exc) == EEXIST else exc
+            except NetlinkError as exc:
+                why = "another route for it exists" if exc.code == EEXIST else exc.strerror
                 problems.append(f"route {dst}: {why}")
         for dst in sorted(ours - want):
             try:
                 # scope "nowhere" matches any scope, as `ip route del` does
-                ipr.route("del", dst=dst, oif=idx, table=MAIN_TABLE, proto=RTPROT_LANMESH,
-                          scope=255)
+                rtnl.route(nl, "del", dst, idx, MAIN_TABLE, RTPROT_LANMESH, 255)
                 changes.append(f"route del {dst}")
-            except Exception as exc:
-                if _code(exc) != ESRCH:
-                    problems.append(f"route {dst}: {exc}")
+            except NetlinkError as exc:
+                if exc.code != ESRCH:
+                    problems.append(f"route {dst}: {exc.strerror}")
 
     def _apply_sysctl(self, forwarding, changes):
         for path in FORWARDING:
@@ -263,68 +243,8 @@ def _write(path, value):
         f.write(value + "\n")
 
 
-def _netlink(fn, *args):
-    """Run fn(ipr, *args) with a fresh IPRoute (~2 ms; imported lazily: ~25 MB RSS)."""
-    return off_loop(_with_ipr, fn, *args)
-
-
-def _with_ipr(fn, *args):
-    from pyroute2 import IPRoute
-    try:
-        with IPRoute() as ipr:
-            return fn(ipr, *args)
-    except BackendError:
-        raise
-    except Exception as exc:    # NetlinkError is not an OSError
-        if isinstance(exc, OSError) or _code(exc) is not None:
-            raise BackendError(f"netlink: {exc}") from None
-        raise
-
-
 def _ifindex(ifname):
     try:
         return socket.if_nametoindex(ifname)
     except OSError:
         return None
-
-
-CHILD_TIMEOUT = 30.0
-
-
-def _child(request):
-    """Run the netlink step in `python -m lanmesh.dataplane.hostnet` (see the top)."""
-    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    try:
-        r = subprocess.run([sys.executable, "-m", "lanmesh.dataplane.hostnet"],
-                           input=json.dumps(request), capture_output=True, text=True, env=env,
-                           timeout=CHILD_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BackendError(f"netlink helper: {exc}") from None
-    try:
-        reply = json.loads(r.stdout)
-        if r.returncode == 0 and isinstance(reply, dict) and "owned" in reply:
-            return reply
-    except ValueError:
-        pass
-    tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-    raise BackendError(f"netlink helper failed (exit {r.returncode}): {tail}")
-
-
-def _child_main():
-    req = json.load(sys.stdin)
-    hn = HostNet(req["ifname"])
-    hn._owned_addrs = set(req["owned"])
-    changes, problems, error = [], [], None
-    try:
-        _with_ipr(hn._apply_netlink, req["mtu"], set(req["addrs"]), set(req["routes"]),
-                  changes, problems)
-    except BackendError as exc:
-        error = str(exc)
-    json.dump({"changes": changes, "problems": problems, "owned": sorted(hn._owned_addrs),
-               "error": error}, sys.stdout)
-
-
-if __name__ == "__main__":
-    _child_main()

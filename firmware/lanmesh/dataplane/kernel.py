@@ -1,8 +1,8 @@
-# The `kernel` backend: Linux WireGuard configured over generic netlink (pyroute2), plus
-# HostNet for MTU, addresses, routes, sysctls and nft. Reconciles: reads the device back,
-# then changes only what differs. An unchanged peer is never touched and a changed one is
-# edited in place (update_only), so its session, handshake time and counters live on.
-# pyroute2 costs ~25 MB RSS: it is imported inside the functions that use it.
+# The `kernel` backend: Linux WireGuard configured over generic netlink (lanmesh.netlink),
+# plus HostNet for MTU, addresses, routes, sysctls and nft. Reconciles: reads the device
+# back, then changes only what differs. An unchanged peer is never touched and a changed
+# one is edited in place (update_only), so its session, handshake time and counters live on.
+# Netlink calls block for milliseconds; the applier runs them off the daemon's loop.
 import errno
 import logging
 import os
@@ -11,7 +11,8 @@ from ..errors import BackendError, LanmeshError
 from ..keys import decode_key, encode_key
 from .endpoint import resolve
 from .hostnet import HostNet
-from .offloop import off_loop
+from ..netlink import rtnl, wgnl
+from ..netlink.codec import MalformedReply, NetlinkError
 from .linkstate import PeerStatus
 from .peerdiff import choose_endpoints, diff, to_netlink
 from .uapi_proto import format_endpoint, norm_prefix
@@ -24,22 +25,19 @@ def kernel_available():
     """True if this kernel can create WireGuard links (cheap; leaves nothing behind)."""
     if os.path.isdir("/sys/module/wireguard"):
         return True
-
-    def probe():
-        # Creating a link makes the kernel load the module on demand, if it has one.
-        from pyroute2 import IPRoute
-        name = f"lmwgprobe{os.getpid() % 100000}"
-        with IPRoute() as ipr:
-            try:
-                ipr.link("add", ifname=name, kind="wireguard")
-            except Exception:
-                return False
-            for idx in ipr.link_lookup(ifname=name):
-                ipr.link("del", index=idx)
-            return True
+    # Creating a link makes the kernel load the module on demand, if it has one.
+    name = f"lmwgprobe{os.getpid() % 100000}"
     try:
-        return off_loop(probe)
-    except Exception:       # no permission, no netlink: not usable from here either way
+        with rtnl.open_socket() as nl:
+            try:
+                rtnl.link_add(nl, name, "wireguard")
+            except NetlinkError:
+                return False
+            found = rtnl.link(nl, name=name)
+            if found:
+                rtnl.link_del(nl, found["index"])
+            return True
+    except (OSError, MalformedReply):   # no permission, no netlink: not usable from here
         return False
 
 
@@ -62,12 +60,12 @@ class KernelBackend:
             raise BackendError(f"{self.ifname!r} is not a valid interface name (1-15 characters)")
         desired = self._desired(state)      # bad input fails here, before anything changes
         self._state = state
-        changes = off_loop(self._configure, desired)
+        changes = self._configure(desired)
         return changes + self.hostnet.apply(state)
 
     def peers(self):
         """{public_key: PeerStatus} as the kernel reports them; {} if the link is gone."""
-        dev = off_loop(self._read)
+        dev = self._read()
         if dev is None:
             return {}
         return {k: PeerStatus(k, p["endpoint"], p["last_handshake"], p["rx_bytes"],
@@ -75,7 +73,7 @@ class KernelBackend:
 
     def supervise(self):
         """Recreate the link (and re-apply the last state) if it vanished; True if it did."""
-        if self._state is None or off_loop(self._link_index) is not None:
+        if self._state is None or self._link_index() is not None:
             return False
         self.log.warning(f"{self.ifname}: the WireGuard link is gone; recreating it")
         self.apply(self._state)
@@ -87,7 +85,7 @@ class KernelBackend:
         try:
             self.hostnet.close()
         finally:
-            off_loop(self._delete_link)
+            self._delete_link()
 
     # --- desired state --------------------------------------------------------------------
 
@@ -109,24 +107,21 @@ class KernelBackend:
             raise BackendError(f"{self.ifname}: {exc}") from None
         return {"private_key": private, "listen_port": state.listen_port, "peers": peers}
 
-    # --- netlink (run off any asyncio loop) -----------------------------------------------
+    # --- netlink ------------------------------------------------------------------------
 
     def _configure(self, desired):
-        from pyroute2 import WireGuard
         changes = self._ensure_link()
-        with _netlink_errors(self.ifname), WireGuard() as wg:
-            current = parse_info(wg.info(self.ifname))
+        with _netlink_errors(self.ifname), wgnl.open_socket() as nl:
+            family = _family(nl)
+            current = parse_info(wgnl.get_device(nl, family, self.ifname))
             chosen, keep = choose_endpoints(current["peers"], desired["peers"], self._endpoints)
             for key, ep in chosen.items():
                 desired["peers"][key]["endpoint"] = ep
             for kwargs, change in plan(current, desired):
                 try:
-                    wg.set(self.ifname, **kwargs)
-                except Exception as exc:    # the steps before stay; the next apply resumes
-                    if _code(exc) is None:
-                        raise
-                    raise BackendError(f"{self.ifname}: {change}: {os.strerror(_code(exc))}") \
-                        from None
+                    wgnl.set_device(nl, family, self.ifname, **kwargs)
+                except NetlinkError as exc:     # the steps before stay; the next apply resumes
+                    raise BackendError(f"{self.ifname}: {change}: {exc.strerror}") from None
                 self.set_requests += 1
                 changes.append(change)
             self._endpoints = keep
@@ -135,48 +130,50 @@ class KernelBackend:
         return changes
 
     def _ensure_link(self):
-        from pyroute2 import IPRoute
-        with _netlink_errors(self.ifname), IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=self.ifname)
+        with _netlink_errors(self.ifname), rtnl.open_socket() as nl:
+            found = rtnl.link(nl, name=self.ifname)
             if found:
-                info = tuple(ipr.get_links(found[0]))[0].get_attr("IFLA_LINKINFO")
-                kind = info.get_attr("IFLA_INFO_KIND") if info else None
-                if kind != "wireguard":
-                    raise BackendError(f"{self.ifname} exists and is a {kind or 'plain'} link, "
-                                       f"not WireGuard; choose another interface name")
+                if found["kind"] != "wireguard":
+                    raise BackendError(f"{self.ifname} exists and is a {found['kind'] or 'plain'} "
+                                       f"link, not WireGuard; choose another interface name")
                 return []
             try:
-                ipr.link("add", ifname=self.ifname, kind="wireguard")
-            except Exception as exc:
-                if _code(exc) == errno.EOPNOTSUPP:
+                rtnl.link_add(nl, self.ifname, "wireguard")
+            except NetlinkError as exc:
+                if exc.code == errno.EOPNOTSUPP:
                     raise BackendError(f"{self.ifname}: {NO_WIREGUARD}") from None
-                if _code(exc) != errno.EEXIST:      # created meanwhile: fine, it is reconciled
+                if exc.code != errno.EEXIST:    # created meanwhile: fine, it is reconciled
                     raise
         return ["link created"]
 
     def _read(self):
-        from pyroute2 import WireGuard
         if self._link_index() is None:
             return None
-        with _netlink_errors(self.ifname), WireGuard() as wg:
-            return parse_info(wg.info(self.ifname))
+        with _netlink_errors(self.ifname), wgnl.open_socket() as nl:
+            return parse_info(wgnl.get_device(nl, _family(nl), self.ifname))
 
     def _link_index(self):
-        from pyroute2 import IPRoute
-        with _netlink_errors(self.ifname), IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=self.ifname)
-        return found[0] if found else None
+        with _netlink_errors(self.ifname), rtnl.open_socket() as nl:
+            found = rtnl.link(nl, name=self.ifname)
+        return found["index"] if found else None
 
     def _delete_link(self):
-        from pyroute2 import IPRoute
-        with _netlink_errors(self.ifname), IPRoute() as ipr:
-            for idx in ipr.link_lookup(ifname=self.ifname):
+        with _netlink_errors(self.ifname), rtnl.open_socket() as nl:
+            found = rtnl.link(nl, name=self.ifname)
+            if found:
                 try:
-                    ipr.link("del", index=idx)
+                    rtnl.link_del(nl, found["index"])
                     self.log.info(f"{self.ifname}: link deleted")
-                except Exception as exc:
-                    if _code(exc) != errno.ENODEV:
+                except NetlinkError as exc:
+                    if exc.code != errno.ENODEV:
                         raise
+
+
+def _family(nl):
+    family = wgnl.family_id(nl)
+    if family is None:
+        raise BackendError(NO_WIREGUARD)
+    return family
 
 
 # --- pure helpers: kernel reply → device dict, device dicts → set calls --------------------
@@ -186,34 +183,25 @@ def _new_peer():
             "rx_bytes": 0, "tx_bytes": 0}
 
 
-def _text(key):
-    return key.decode() if isinstance(key, bytes) else key
-
-
-def parse_info(msgs):
-    """WireGuard.info() messages → {"private_key", "listen_port", "peers": {b64: peer}}.
+def parse_info(parts):
+    """wgnl.get_device() parts → {"private_key", "listen_port", "peers": {b64: peer}}.
     A device with many peers is dumped over several messages, and one peer's allowed IPs
     may continue in the next message, so peers are merged by key."""
     dev = {"private_key": None, "listen_port": 0, "peers": {}}
-    for m in msgs:
-        if m.get_attr("WGDEVICE_A_PRIVATE_KEY"):
-            dev["private_key"] = _text(m.get_attr("WGDEVICE_A_PRIVATE_KEY"))
-        if m.get_attr("WGDEVICE_A_LISTEN_PORT") is not None:
-            dev["listen_port"] = m.get_attr("WGDEVICE_A_LISTEN_PORT")
-        for p in m.get_attr("WGDEVICE_A_PEERS") or ():
-            peer = dev["peers"].setdefault(_text(p.get_attr("WGPEER_A_PUBLIC_KEY")), _new_peer())
-            ep = p.get_attr("WGPEER_A_ENDPOINT")
-            if ep is not None and ep.get("port"):
-                peer["endpoint"] = format_endpoint(ep["addr"], ep["port"])
-            for attr, field in (("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL", "keepalive"),
-                                ("WGPEER_A_RX_BYTES", "rx_bytes"), ("WGPEER_A_TX_BYTES", "tx_bytes")):
-                if p.get_attr(attr) is not None:
-                    peer[field] = p.get_attr(attr)
-            hs = p.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
-            if hs is not None:
-                peer["last_handshake"] = hs["tv_sec"] + hs["tv_nsec"] / 1e9
-            for a in p.get_attr("WGPEER_A_ALLOWEDIPS") or ():
-                peer["allowed_ips"].append(norm_prefix(a["addr"]))
+    for part in parts:
+        if part.get("private_key"):
+            dev["private_key"] = part["private_key"]
+        if "listen_port" in part:
+            dev["listen_port"] = part["listen_port"]
+        for p in part["peers"]:
+            peer = dev["peers"].setdefault(p["public_key"], _new_peer())
+            host, port = p.get("endpoint", (None, 0))
+            if port:
+                peer["endpoint"] = format_endpoint(host, port)
+            for field in ("keepalive", "rx_bytes", "tx_bytes", "last_handshake"):
+                if field in p:
+                    peer[field] = p[field]
+            peer["allowed_ips"].extend(norm_prefix(a) for a in p["allowed_ips"])
     for p in dev["peers"].values():
         p["allowed_ips"] = tuple(sorted(set(p["allowed_ips"])))
     return dev
@@ -227,12 +215,8 @@ def plan(current, desired):
 
 # --- plumbing -------------------------------------------------------------------------------
 
-def _code(exc):
-    return getattr(exc, "code", None)
-
-
 class _netlink_errors:
-    """NetlinkError (not an OSError) → BackendError naming the interface."""
+    """NetlinkError, a malformed reply, or no netlink → BackendError naming the interface."""
 
     def __init__(self, ifname):
         self.ifname = ifname
@@ -243,10 +227,8 @@ class _netlink_errors:
     def __exit__(self, typ, exc, tb):
         if exc is None or isinstance(exc, BackendError):
             return False
-        code = _code(exc)
-        if code is None and not isinstance(exc, OSError):
-            return False
-        why = os.strerror(code) if code else str(exc)
-        raise BackendError(f"{self.ifname}: netlink: {why}") from None
-
-
+        if isinstance(exc, NetlinkError):
+            raise BackendError(f"{self.ifname}: netlink: {exc}") from None
+        if isinstance(exc, (OSError, MalformedReply)):
+            raise BackendError(f"{self.ifname}: netlink: {exc}") from None
+        return False

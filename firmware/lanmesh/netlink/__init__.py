@@ -1,0 +1,1 @@
+# Netlink for the data plane, without pyroute2 (see codec.py).
