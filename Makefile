@@ -8,7 +8,7 @@ APT_PKGS := wireguard-go wireguard-tools iproute2 nftables iperf3 iputils-ping p
             python3-venv dpkg-dev systemd iptables libsodium23
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all deps venv test unit fuzz demo bench ipk deb clean
+.PHONY: all deps venv test unit fuzz demo bench ipk apk deb clean
 
 all: test
 
@@ -43,9 +43,14 @@ demo: deps venv
 bench: deps venv
 	$(PY) bench/run_all.py
 
-# OpenWrt package without the SDK (architecture all, byte-reproducible with SOURCE_DATE_EPOCH)
+# OpenWrt packages without the SDK (architecture all, byte-reproducible with
+# SOURCE_DATE_EPOCH): 24.10's ipk (opkg) and 25.x's apk (apk-tools v3: APK=/path/to/apk,
+# else ../shared/tools/openwrt/apk). Same files, dependencies and scripts.
 ipk: venv
 	$(PY) packaging/build_ipk.py --out dist
+
+apk: venv
+	$(PY) packaging/build_apk.py --out dist
 
 # Raspberry Pi OS / Debian package with a systemd unit and the vendored pure-Python deps
 deb: deps venv

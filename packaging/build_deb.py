@@ -1,70 +1,25 @@
 #!/usr/bin/env python3
 # `make deb`: build lanmesh_<version>_all.deb for Raspberry Pi OS / Debian (bookworm+).
-# Debian's paho-mqtt (1.6) and pyroute2 (0.7) are too old, so the pure-Python wheels
-# lanmesh needs are vendored into /usr/lib/lanmesh/vendor (downloaded once, checked
-# against pinned hashes, cached in .cache/wheels); cryptography comes from Debian
-# (bookworm's 38 has X25519, Ed25519 and ChaCha20-Poly1305). Byte-reproducible with
+# Debian's paho-mqtt (1.6) is too old, so the pure-Python wheels lanmesh needs are
+# vendored into /usr/lib/lanmesh/vendor (packaging/wheels.py); cryptography comes from
+# Debian (the controller's signing; a router verifies without it). Byte-reproducible with
 # SOURCE_DATE_EPOCH (dpkg-deb clamps to it; the staged tree has fixed modes and mtimes).
 import argparse
-import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wheels  # noqa: E402
 from archive import Tree, source_date_epoch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(REPO, "packaging")
 LIB = "usr/lib/lanmesh"
-# file name -> sha256; keep in step with pyproject.toml's pins.
-WHEELS = {
-    "pyroute2-0.9.7-py3-none-any.whl":
-        "01a2a3afe565a6acb0a0d5d8ac86c9682b6564407e3d9589070191ae94b737e8",
-    "paho_mqtt-2.2.0-py3-none-any.whl":
-        "3243630f7c2b05f71d1de8c6f59865eb04d3a59ae8c866e92377faed6753db4d",
-    "pyserial-3.5-py2.py3-none-any.whl":
-        "c4451db6ba391ca6ca299fb3ec7bae67a5c55dde170964c7a14ceefec02f2cf0",
-}
-REQUIREMENTS = ["pyroute2==0.9.7", "paho-mqtt==2.2.0", "pyserial==3.5"]
-
-
-def _sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def fetch_wheels(cache):
-    """Pinned wheels from the cache, downloading (pure-Python only) what is missing."""
-    os.makedirs(cache, exist_ok=True)
-    if any(not os.path.exists(os.path.join(cache, w)) for w in WHEELS):
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--only-binary=:all:", "--disable-pip-version-check",
-                        "--dest", cache] + REQUIREMENTS, check=True)
-    paths = []
-    for w, digest in sorted(WHEELS.items()):
-        p = os.path.join(cache, w)
-        if not os.path.exists(p):
-            raise SystemExit(f"{w}: not downloaded (is it still a pure-Python wheel?)")
-        if _sha256(p) != digest:
-            raise SystemExit(f"{p}: sha256 mismatch; delete it and rebuild")
-        paths.append(p)
-    return paths
-
-
-def add_wheel(tree, wheel, dest):
-    with zipfile.ZipFile(wheel) as z:
-        for info in sorted(z.infolist(), key=lambda i: i.filename):
-            name = info.filename
-            top = name.split("/", 1)[0]
-            if info.is_dir() or top.endswith(".data"):  # .data: scripts we do not ship
-                continue
-            executable = (info.external_attr >> 16) & 0o111
-            tree.add_file(f"{dest}/{name}", z.read(info), 0o755 if executable else 0o644)
+REQUIREMENTS = ["paho-mqtt==2.2.0", "pyserial==3.5"]   # pyserial: a Pi can provision
 
 
 def _version():
@@ -77,7 +32,7 @@ def _read(*parts):
         return f.read()
 
 
-def package_tree(wheels):
+def package_tree(wheel_paths):
     tree = Tree()
     tree.add_source_tree(os.path.join(REPO, "firmware", "lanmesh"), f"{LIB}/lanmesh",
                          skip_dirs=("__pycache__",))   # a Pi can be the controller too
@@ -86,9 +41,9 @@ def package_tree(wheels):
         if n.endswith(".json") and n != "schema.json":
             with open(os.path.join(boards, n), "rb") as f:
                 tree.add_file(f"{LIB}/lanmesh/boards/{n}", f.read())
-    for w in wheels:
-        add_wheel(tree, w, f"{LIB}/vendor")
-    tree.add_file("usr/bin/lanmesh", _read("debian", "launcher"), 0o755)
+    for w in wheel_paths:
+        wheels.add_wheel(tree, w, f"{LIB}/vendor")
+    tree.add_file("usr/bin/lanmesh", _read("launcher"), 0o755)
     tree.add_file("usr/lib/systemd/system/lanmesh.service", _read("lanmesh.service"))
     tree.add_file("usr/lib/modules-load.d/lanmesh.conf", _read("debian", "modules-load.conf"))
     tree.add_dir("etc/lanmesh", 0o700)
@@ -101,8 +56,7 @@ CONFFILES = ["/etc/lanmesh/node.json.example"]
 
 def build(out_dir, cache=None, epoch=None):
     epoch = source_date_epoch(REPO) if epoch is None else epoch
-    cache = cache or os.environ.get("LANMESH_WHEEL_CACHE") or os.path.join(REPO, ".cache", "wheels")
-    tree = package_tree(fetch_wheels(cache))
+    tree = package_tree(wheels.fetch(REQUIREMENTS, cache or wheels.default_cache(REPO)))
     version = f"{_version()}-1"
     size_kib = sum((len(d) + 1023) // 1024 for _, d in tree.files().values()) + len(tree.entries)
     control = _read("debian", "control.in").decode()

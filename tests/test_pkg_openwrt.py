@@ -16,8 +16,20 @@ STUBS = os.path.join(HERE, "stubs")
 FILES = os.path.join(REPO, "openwrt", "lanmesh", "files")
 INIT = os.path.join(FILES, "lanmesh.init")
 DEFAULTS = os.path.join(FILES, "lanmesh.uci-defaults")
-SCRIPTS = [INIT, DEFAULTS, os.path.join(REPO, "packaging", "ipk", "postinst"),
-           os.path.join(REPO, "packaging", "ipk", "prerm")]
+MAINTAINER = ("postinst", "prerm", "postrm")     # inline in the feed Makefile
+SCRIPTS = [INIT, DEFAULTS] + list(MAINTAINER)
+
+
+def _script_path(script, tmp_path):
+    """A script file to check: our files as they are, the feed's maintainer scripts as
+    packaging/feed.py extracts them for the ipk and the apk."""
+    if script not in MAINTAINER:
+        return script
+    sys.path.insert(0, os.path.join(REPO, "packaging"))
+    from feed import read_feed
+    path = tmp_path / script
+    path.write_text(read_feed(os.path.join(REPO, "openwrt", "lanmesh", "Makefile"))["scripts"][script] + "\n")
+    return str(path)
 # OpenWrt's /bin/sh is busybox ash; dash is the closest shell shellcheck knows.
 SHELLS = [["sh"], ["busybox", "sh"]]
 
@@ -72,15 +84,16 @@ config forwarding
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
 @pytest.mark.parametrize("shell", [["sh", "-n"], ["busybox", "sh", "-n"]], ids=" ".join)
-def test_scripts_parse(shell, script):
-    subprocess.run(shell + [script], check=True)
+def test_scripts_parse(shell, script, tmp_path):
+    subprocess.run(shell + [_script_path(script, tmp_path)], check=True)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
-def test_scripts_pass_shellcheck(script):
+def test_scripts_pass_shellcheck(script, tmp_path):
     if not shutil.which("shellcheck"):
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    r = subprocess.run(["shellcheck", script], capture_output=True, text=True)
+    r = subprocess.run(["shellcheck", "-s", "dash", _script_path(script, tmp_path)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -222,36 +235,30 @@ def test_uci_defaults_keeps_user_edits(device):
 
 # --- the feed Makefile -------------------------------------------------------------
 # Package names as published in OpenWrt's base and packages feeds (24.10).
-OPENWRT_PACKAGES = {
-    "python3-light", "python3-logging", "python3-asyncio", "python3-openssl",
-    "python3-urllib", "python3-uuid", "python3-ctypes", "python3-sqlite3", "python3-email",
-    "python3-pyroute2", "python3-paho-mqtt", "python3-pyserial", "python3-cryptography",
-    "kmod-wireguard", "wireguard-tools",
-}
-
-
 def test_feed_makefile():
     sys.path.insert(0, os.path.join(REPO, "packaging"))
     from feed import read_feed
+    from openwrt_root import feed as release_feed
+    from router import FILES as SHIPPED
     mk = os.path.join(REPO, "openwrt", "lanmesh", "Makefile")
     with open(mk) as f:
         text = f.read()
-    assert "python3-package.mk" in text
-    assert "$(eval $(call Py3Package,lanmesh))" in text
     assert "$(eval $(call BuildPackage,lanmesh))" in text
+    assert "router.py stage" in text            # the file list is packaging/router.py's
     feed = read_feed(mk)
     assert feed["version"] == lanmesh.__version__
-    assert set(feed["depends"]) <= OPENWRT_PACKAGES
-    for need in ("python3-light", "python3-pyroute2", "python3-paho-mqtt", "python3-pyserial",
-                 "python3-cryptography", "kmod-wireguard", "wireguard-tools"):
+    for release in ("24.10", "25.12"):          # every dependency exists on both releases
+        pkgs, provides = release_feed(release)
+        have = set(pkgs) | {p for _, p in provides.values()}
+        assert set(feed["depends"]) <= have, set(feed["depends"]) - have
+    for gone in ("python3", "python3-pyroute2", "python3-paho-mqtt", "python3-pyserial",
+                 "python3-cryptography", "wireguard-tools"):
+        assert gone not in feed["depends"]      # old, host-only, unbuildable on MIPS, unused
+    for need in ("python3-light", "python3-codecs", "kmod-wireguard", "nftables"):
         assert need in feed["depends"]
     assert feed["conffiles"] == ["/etc/config/lanmesh"]
-    dests = {dest: src for src, dest, _ in feed["files"]}
-    assert dests["/etc/init.d/lanmesh"] == "files/lanmesh.init"
-    assert dests["/etc/config/lanmesh"] == "files/lanmesh.config"
-    assert dests["/usr/bin/lanmesh"] == "files/lanmesh.launcher"
-    assert any(d.startswith("/etc/uci-defaults/") for d in dests)
-    for src in dests.values():
-        assert os.path.exists(os.path.join(REPO, "openwrt", "lanmesh", src)), src
+    assert set(feed["scripts"]) == set(MAINTAINER)
+    for src, dest, _ in SHIPPED:
+        assert os.path.exists(os.path.join(REPO, src)), src
     with open(os.path.join(FILES, "lanmesh.keep")) as f:
         assert "/etc/lanmesh/" in f.read().split(), "sysupgrade must keep keys and documents"
