@@ -150,11 +150,13 @@ class Lab:
             write_atomic(os.path.join(s.dir, "network.json"), data)
 
     # -- daemons --------------------------------------------------------------------------
-    def start(self, s, wait=True, extra_env=None):
+    def start(self, s, wait=True, extra_env=None, command=None):
+        """command: how to invoke lanmesh (default this interpreter, -m lanmesh.cli), e.g. an
+        installed package's launcher."""
         env = dict(os.environ, **(extra_env or {}))
         logf = open(os.path.join(s.dir, "daemon.log"), "ab")
-        s.proc = self.ns.popen(s.router, [sys.executable, "-m", "lanmesh.cli", "run", "--config",
-                                          s.config_path], stdout=logf, stderr=subprocess.STDOUT, env=env)
+        argv = (command or [sys.executable, "-m", "lanmesh.cli"]) + ["run", "--config", s.config_path]
+        s.proc = self.ns.popen(s.router, argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
         logf.close()
         if wait:
             self.wait_ready(s)
