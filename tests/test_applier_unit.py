@@ -1,6 +1,5 @@
 # The applier on its own (no OS): latest state wins, failures are retried with backoff, and
 # any number of coroutines can await their tickets at once.
-import asyncio
 import logging
 import threading
 
@@ -30,12 +29,12 @@ def test_concurrent_waiters_all_get_their_answer_and_the_latest_state_wins():
 
     async def main():
         t1 = ap.submit("s1")
-        await asyncio.sleep(0.05)            # s1 has started (blocked in the backend)
+        await aio.sleep(0.05)            # s1 has started (blocked in the backend)
         t2, t3 = ap.submit("s2"), ap.submit("s3")    # s2 is replaced by s3 before it starts
-        waits = [asyncio.ensure_future(ap.wait(t)) for t in (t1, t2, t3)]
-        await asyncio.sleep(0.05)
+        waits = [aio.create_task(ap.wait(t)) for t in (t1, t2, t3)]
+        await aio.sleep(0.05)
         backend.gate.set()
-        return await asyncio.wait_for(asyncio.gather(*waits), 5)
+        return await aio.wait_for_ms(aio.gather(*waits), 5000)
     try:
         assert aio.run(main()) == [None, None, None]
         assert backend.applied == ["s1", "s3"]
@@ -54,7 +53,7 @@ def test_a_failed_apply_is_retried_with_backoff_until_it_works():
         for _ in range(100):                 # retried at +1 s, then +2 s
             if backend.applied:
                 return True
-            await asyncio.sleep(0.1)
+            await aio.sleep(0.1)
         return False
     try:
         assert aio.run(main())

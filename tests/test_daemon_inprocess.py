@@ -3,7 +3,6 @@
 # a fake "tunnel" in between that the test can cut. No root, no namespaces. A link that
 # fails makes the mesh reroute with exactly one backend update, and the data-plane work
 # never runs on the loop (the backend sees the applier's thread).
-import asyncio
 import json
 import os
 import socket
@@ -86,13 +85,13 @@ def running(cfgs, net, body):
                    for c, b in zip(cfgs, backends)]
         for d in daemons:
             d.start()
-        tasks = [asyncio.ensure_future(d.run()) for d in daemons]
+        tasks = [aio.create_task(d.run()) for d in daemons]
         try:
             await body(daemons, backends)
         finally:
             for d in daemons:
                 d.request_stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await aio.gather(*tasks, return_exceptions=True)
     aio.run(main())
 
 
@@ -121,7 +120,7 @@ async def until(cond, timeout):
     for _ in range(int(timeout / 0.05)):
         if cond():
             return True
-        await asyncio.sleep(0.05)
+        await aio.sleep(0.05)
     return cond()
 
 
@@ -137,12 +136,12 @@ def test_a_failed_link_reroutes_with_exactly_one_backend_update(tmp_path):
     async def body(daemons, backends):
         assert await until(lambda: all(direct(d) for d in daemons), 10)
         a = daemons[0]
-        await asyncio.sleep(0.5)
+        await aio.sleep(0.5)
         before = len(backends[0].applied)
         net.cut.add(frozenset((host_of("fd00:6c6d::1/128"), host_of("fd00:6c6d::3/128"))))
         assert await until(lambda: {r["node"]: r["via"] for r in a.status()["routes"]}
                            .get("site-c") == "site-b", 5)
-        await asyncio.sleep(0.5)              # both ends' adverts are in: nothing more moves
+        await aio.sleep(0.5)              # both ends' adverts are in: nothing more moves
         new = backends[0].applied[before:]
         assert len(new) == 1, new
         peers = {p.public_key: p for p in new[0].peers.values()}
@@ -205,7 +204,7 @@ def test_fleet_document_is_applied_off_the_loop_and_confirmed(tmp_path):
         return await until(lambda: all(done(d, version) for d in daemons), 20)
 
     async def body(daemons, backends):
-        loop = asyncio.get_running_loop()
+        loop = aio.get_running_loop()
         v1 = await loop.run_in_executor(None, publish)
         assert await confirmed(daemons, v1), [d.status()["fleet_state"] for d in daemons]
         v2 = await loop.run_in_executor(None, lambda: publish(keepalive=17))

@@ -3,7 +3,6 @@
 # adverts, seq wrap, amplification) are in test_mesh_attack.py; the LAN-host spoof and the
 # half-applied document in test_mesh_security.py; the MQTT client-id takeover in
 # test_fleet_mqtt.py.
-import asyncio
 import ipaddress
 import json
 import os
@@ -12,7 +11,7 @@ import time
 
 import pytest
 
-from lanmesh import atomic, boundjson, control, netdoc
+from lanmesh import aio, atomic, boundjson, control, netdoc
 from lanmesh.config import ConfigError, parse_config
 from lanmesh.console import protocol, session
 from lanmesh.errors import DocumentError, KeyError_
@@ -181,30 +180,31 @@ def test_trickling_control_client_neither_holds_the_loop_nor_the_socket(tmp_path
         server = control.listen(path)
         stop = aio.Event()
         aio.create_task(control.serve(server, lambda req: {"ok": req.get("cmd")}, stop))
-        loop = asyncio.get_running_loop()
+        loop = aio.get_running_loop()
         trickler = socket.socket(socket.AF_UNIX)
+        trickler.connect(path)              # a local socket: connects at once
         trickler.setblocking(False)
-        await loop.sock_connect(trickler, path)
         late = []
 
         async def ticker():
             for _ in range(30):
                 t = time.monotonic()
-                await asyncio.sleep(0.1)
+                await aio.sleep(0.1)
                 late.append(time.monotonic() - t - 0.1)
-        tick = asyncio.create_task(ticker())
+        tick = aio.create_task(ticker())
         for b in b'{"cmd": "st':
-            await loop.sock_sendall(trickler, bytes((b,)))
-            await asyncio.sleep(0.25)
+            trickler.send(bytes((b,)))        # one byte always fits the buffer
+            await aio.sleep(0.25)
             if len(late) > 10:
                 break
         other = await loop.run_in_executor(None, control.request, path, {"cmd": "status"}, 2.0)
         await tick
-        gone = await loop.sock_recv(trickler, 100)
+        await aio.wait_readable(trickler)
+        gone = trickler.recv(100)
         stop.set()
         server.close()
         return late, other, gone
-    late, other, gone = asyncio.run(main())
+    late, other, gone = aio.run(main())
     assert other == {"ok": "status"}
     assert max(late) < 0.2, late          # the loop never waited for the trickler
     assert gone == b""                    # dropped at its deadline

@@ -41,10 +41,10 @@ def call(req):
     if op == "close":
         return obj.close()
     if op == "apply_in_loop":           # as if called from the daemon's event loop thread
-        import asyncio
+        from lanmesh import aio
         async def run():
             return obj.apply(state(req["state"]))
-        return asyncio.run(run())
+        return aio.run(run())
     return getattr(obj, req["name"])
 
 closed = False

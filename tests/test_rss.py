@@ -1,7 +1,7 @@
-# Issue 2: the idle daemon must fit a 128 MB router (DESIGN §2.6). What keeps it small:
-# no `cryptography` (keys.pubkey is pure-Python X25519), no ssl/OpenSSL behind asyncio
-# (lanmesh.aio imports asyncio with ssl masked; TLS still works when somebody asks for
-# it), no pyroute2 (lanmesh.netlink is a small codec of its own).
+# Issues 2 and 12: the idle daemon must fit a 128 MB router (DESIGN §2.6). What keeps it
+# small: no `cryptography` (keys.pubkey is pure-Python X25519, Ed25519 checks use
+# libsodium or pure Python), no asyncio and no ssl unless the fleet uses TLS (lanmesh.loop
+# is our own loop), no pyroute2 (lanmesh.netlink is a small codec of its own).
 import os
 import subprocess
 import sys
@@ -22,57 +22,22 @@ def _run(code, **kw):
                           text=True, env=env, timeout=60, **kw)
 
 
-def test_aio_does_not_load_ssl_and_tls_still_works_later(tmp_path):
-    from mqtt_broker import make_ca
-    paths = make_ca(str(tmp_path), ("127.0.0.1",))
-    r = _run(f"""
-        import sys
-        from lanmesh import aio
-        assert "ssl" not in sys.modules and "_ssl" not in sys.modules, "asyncio loaded ssl"
-        import asyncio
-        import ssl                                   # paho-mqtt's TLS does this
-        ssl.create_default_context()
-
-        async def main():
-            srv_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            srv_ctx.load_cert_chain({paths['server.pem']!r}, {paths['server.key']!r})
-            async def echo(r, w):
-                w.write((await r.readline()).upper())
-                await w.drain()
-                w.close()
-            server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=srv_ctx)
-            port = server.sockets[0].getsockname()[1]
-            cli_ctx = ssl.create_default_context(cafile={paths['ca.pem']!r})
-            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=cli_ctx)
-            w.write(b"hello over tls\\n")
-            line = await r.readline()
-            w.close()
-            server.close()
-            return line
-
-        assert aio.run(main()) == b"HELLO OVER TLS\\n"
-        print("ok")
-    """)
-    assert r.stdout.strip() == "ok", r.stderr
-
-
-def test_aio_tls_works_without_anyone_importing_ssl_first():
-    # asyncio's own TLS paths import ssl on first use
+def test_the_loop_needs_neither_asyncio_nor_ssl():
+    # lanmesh.aio runs on lanmesh.loop: CPython's asyncio (~6.7 MB, 100 modules) and the
+    # OpenSSL it drags in stay out of the daemon unless the fleet's MQTT over TLS needs ssl
     r = _run("""
         import sys
+        before = len(sys.modules)
         from lanmesh import aio
-        import asyncio, socket
-        a, b = socket.socketpair()
         async def main():
-            loop = asyncio.get_running_loop()
-            try:
-                await asyncio.wait_for(loop.create_connection(
-                    asyncio.Protocol, sock=a, ssl=True, server_hostname="x"), 0.2)
-            except asyncio.TimeoutError:
-                return "handshake started"
-        print(aio.run(main()), "ssl" in sys.modules)
+            await aio.sleep(0.01)
+            return "ran"
+        print(aio.run(main()), sorted({"asyncio", "ssl", "_ssl"} & set(sys.modules)),
+              len(sys.modules) - before)
     """)
-    assert r.stdout.strip() == "handshake started True", r.stderr
+    ran, heavy, added = r.stdout.strip().rsplit(" ", 2)
+    assert (ran, heavy) == ("ran", "[]"), r.stdout + r.stderr
+    assert int(added) < 35, f"lanmesh.aio imported {added} modules"   # asyncio: ~130
 
 
 def test_daemon_imports_stay_small():

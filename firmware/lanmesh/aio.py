@@ -1,6 +1,7 @@
 # The asyncio subset CPython and MicroPython share, with their differences hidden, so the
 # daemon's loop (and anything the cores need from it) runs unchanged on both interpreters.
-# Only this module may import asyncio; everything else imports lanmesh.aio.
+# On MicroPython it is asyncio; on CPython it is lanmesh.loop, a small loop of our own
+# (CPython's asyncio alone costs ~6.7 MB RSS). Everything else imports lanmesh.aio.
 #
 # Differences papered over here:
 # - MicroPython's sleep()/sleep_ms() return a shared non-coroutine generator, which
@@ -15,60 +16,18 @@
 import sys
 
 
-def _import_asyncio_without_ssl():
-    """CPython's asyncio imports ssl (OpenSSL: ~8 MB RSS) at import time, only to support
-    TLS transports, which the daemon never uses. Import asyncio with ssl masked, then put
-    a stand-in where its modules keep `ssl` (they do `try: import ssl except ImportError:
-    ssl = None`): isinstance checks against SSLSocket/SSLContext are answered without
-    loading ssl (nothing can be an instance while ssl is not loaded), and any other use
-    (start_tls, create_connection(ssl=...)) imports the real ssl and rebinds it there, so
-    TLS over asyncio still works later in the process. A later `import ssl` elsewhere
-    (paho-mqtt's TLS) is unaffected: sys.modules is restored before we return."""
-    if "ssl" in sys.modules or "asyncio" in sys.modules:
-        import asyncio
-        return asyncio
-    sys.modules["ssl"] = None           # makes `import ssl` raise ImportError
-    try:
-        import asyncio
-    finally:
-        if sys.modules.get("ssl", 0) is None:
-            del sys.modules["ssl"]
-    users = [m for name, m in list(sys.modules.items())
-             if name.startswith("asyncio.") and m is not None
-             and "ssl" in m.__dict__ and m.__dict__["ssl"] is None]
-
-    class _Never:                       # stands in for SSLSocket/SSLContext until ssl loads
-        pass
-
-    class _LazySSL:
-        def __getattr__(self, name):
-            if "ssl" not in sys.modules and name in ("SSLSocket", "SSLContext", "SSLObject"):
-                return _Never
-            import ssl
-            for m in users:
-                if m.__dict__.get("ssl") is self:
-                    m.ssl = ssl
-                if m.__name__ == "asyncio.sslproto" and not hasattr(m, "SSLAgainErrors"):
-                    m.SSLAgainErrors = (ssl.SSLWantReadError, ssl.SSLSyscallError)
-            return getattr(ssl, name)
-
-    lazy = _LazySSL()
-    for m in users:
-        m.ssl = lazy
-    return asyncio
-
-
 if sys.implementation.name == "micropython":
     try:
         import asyncio as _aio
     except ImportError:  # MicroPython before 1.21
         import uasyncio as _aio
 else:
-    _aio = _import_asyncio_without_ssl()
+    from . import loop as _aio      # our own loop: CPython's asyncio costs ~6.7 MB RSS
 
 MICROPYTHON = sys.implementation.name == "micropython"
 
 CancelledError = _aio.CancelledError
+get_running_loop = getattr(_aio, "get_running_loop", None)
 TimeoutError = _aio.TimeoutError  # CPython: the builtin; MicroPython: asyncio's own class
 Event = _aio.Event
 Lock = _aio.Lock

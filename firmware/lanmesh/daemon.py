@@ -4,6 +4,7 @@
 import logging
 import os
 import signal
+import sys
 import time
 
 from . import aio, control, desired, netdoc, runlock
@@ -216,6 +217,7 @@ class Daemon:
                           "last_submit_to_applied_ms": None if self.applier.last_latency_s is None
                           else round(self.applier.last_latency_s * 1000, 1)}
             if self.applier is not None else None,
+            "process": _process(),
         }
 
     def _control(self, req):
@@ -341,3 +343,17 @@ def run(cfg):
             except LanmeshError as e:
                 log.error("cleaning up after a failed start: %s", e)
         raise
+
+
+def _process():
+    """This daemon's footprint, for operators and benchmarks: RSS (from /proc) and how many
+    modules it has imported."""
+    rss = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+    except OSError:
+        pass
+    return {"pid": os.getpid(), "rss_kb": rss, "modules": len(sys.modules)}

@@ -26,8 +26,10 @@ def table(rows, headers):
 def render(st):
     doc = (f"fleet {st['fleet']} document v{st['version']}" if st["version"] is not None
            else "no network document yet (waiting for the fleet's)")
+    proc = st.get("process") or {}
+    mem = f", {proc['rss_kb'] / 1024:.1f} MB RSS" if proc.get("rss_kb") else ""
     out = [f"node {st['node']} on {st['interface']} ({st['backend']}), {doc}, "
-           f"up {st['uptime']:.0f}s"]
+           f"up {st['uptime']:.0f}s{mem}"]
     if st.get("rejected"):
         out.append("last document rejected: " + "; ".join(st["rejected"]))
     out.append("")

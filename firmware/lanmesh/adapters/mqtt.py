@@ -4,8 +4,11 @@
 # Reconnects with exponential backoff (paho's reconnect_delay_set); subscriptions are
 # renewed on every connect, so retained messages (the network document) arrive again.
 import collections
-import ssl
+import importlib
+import importlib.util
+import sys
 import threading
+import types
 
 from .. import aio
 from ..errors import LanmeshError
@@ -48,15 +51,47 @@ def read_secret(path):
         raise MqttError(f"{path}: cannot read password file: {e.strerror}") from None
 
 
+# paho-mqtt imports these at import time for what lanmesh never uses: urllib.request for
+# SOCKS proxy settings (only read when PySocks is installed) and uuid for a random client
+# id (ours is the node's name). Loaded they cost ~3.7 MB RSS (http.client, email,
+# datetime, random, platform). paho gets a stand-in that imports the real module on the
+# first attribute anyone reads (importlib's LazyLoader does not survive an `import`
+# statement on Python 3.11).
+_LAZY_FOR_PAHO = ("urllib.request", "uuid")
+
+
+class _OnFirstUse(types.ModuleType):
+    def __getattr__(self, attr):            # only for attributes the stand-in lacks
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        return getattr(real, attr)
+
+
+def _import_paho():
+    for name in _LAZY_FOR_PAHO:
+        if name in sys.modules or importlib.util.find_spec(name) is None:
+            continue                        # loaded already, or missing: paho will say so
+        stand_in = _OnFirstUse(name)
+        stand_in.__spec__ = None
+        sys.modules[name] = stand_in
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, stand_in)
+    import paho.mqtt.client as paho
+    return paho
+
+
 def make_client(url, client_id, ca_file=None, username=None, password=None,
                 cert_file=None, key_file=None, will=None):
     """A configured, unconnected paho client. will = (topic, payload) → retained, QoS 1."""
-    import paho.mqtt.client as paho
-
+    paho = _import_paho()
     tls, host, port = parse_broker(url)
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
                     protocol=paho.MQTTv311, clean_session=True)
     if tls:
+        import ssl                          # only for mqtts: OpenSSL costs ~4 MB RSS
         try:
             c.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file,
                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)

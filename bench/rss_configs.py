@@ -1,0 +1,123 @@
+"""Issue 12: the idle daemon per configuration — uapi, uapi + fleet, kernel, kernel +
+fleet (TLS) — with 4 peers (5 sites), run from the installed router package (byte code,
+/usr/bin/lanmesh, as packaging/router.py stages it): RSS, modules imported, start-up time
+(`lanmesh run` to the first status reply, and to the first LAN-to-LAN ping).
+
+    .venv/bin/python bench/rss_configs.py            # uapi rows here, kernel rows in the VM
+    .venv/bin/python bench/rss_configs.py --here     # only this kernel's backends
+
+The kernel rows need kernel WireGuard: without it here, the script boots the test VM
+(lanmesh_lab.vm) and runs itself there (uapi rows are measured there too, for a fair
+side-by-side in one environment).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "firmware"))
+sys.path.insert(0, os.path.join(ROOT, "packaging"))
+from lanmesh.dataplane.kernel import kernel_available  # noqa: E402
+from lanmesh_lab.sites import Lab  # noqa: E402
+
+
+EXTRA_ENV = {}
+
+
+def stage(directory):
+    from router import router_tree
+    router_tree("%d.%d" % sys.version_info[:2]).write_to(directory, 1700000000)
+    return [sys.executable, os.path.join(directory, "usr/bin/lanmesh")]
+
+
+def measure(backend, fleet, launcher, idle_s, tmp):
+    from lanmesh_lab.fleetlab import FleetLab
+    lab = Lab(5, backend=backend).__enter__()      # the topology is built on entry
+    fl = None
+    try:
+        if fleet:
+            fl = FleetLab(lab, os.path.join(tmp, f"fleet-{backend}"))
+            fl.start_broker()
+        else:
+            lab.write_document(lab.document())
+        t0 = time.monotonic()
+        for s in lab.sites:
+            lab.start(s, wait=False, command=launcher, extra_env=EXTRA_ENV)
+        for s in lab.sites:
+            lab.wait_ready(s, timeout=60)
+        ready = time.monotonic() - t0
+        a, b = lab.sites[0], lab.sites[1]
+        lab.wait_ping(a, b, timeout=60)
+        ping = time.monotonic() - t0
+        if fleet:
+            end = time.monotonic() + 60
+            while not all((lab.status(s).get("fleet_state") or {}).get("connected")
+                          for s in lab.sites):
+                if time.monotonic() > end:
+                    raise TimeoutError("routers did not reach the broker")
+                time.sleep(0.2)
+        time.sleep(idle_s)
+        procs = [lab.status(s)["process"] for s in lab.sites]
+        return {"backend": backend, "fleet": fleet,
+                "rss_mb": [round(p["rss_kb"] / 1024, 1) for p in procs],
+                "modules": statistics.median(p["modules"] for p in procs),
+                "ready_s": round(ready, 2), "first_ping_s": round(ping, 2)}
+    finally:
+        for s in lab.sites:
+            lab.stop(s)
+        if fl is not None:
+            fl.close()
+        lab.close()
+
+
+def run_here(idle_s, backends):
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        launcher = stage(os.path.join(tmp, "root"))
+        for backend in backends:
+            for fleet in (False, True):
+                rows.append(measure(backend, fleet, launcher, idle_s, tmp))
+    return rows
+
+
+def print_rows(rows, where):
+    print(f"\nidle daemon, 4 peers, installed package ({where}); RSS per router:")
+    print(f"{'backend':8} {'fleet':6} {'RSS MB (5 routers)':32} {'max':>5} {'modules':>8} "
+          f"{'ready s':>8} {'1st ping s':>10}")
+    for r in rows:
+        print(f"{r['backend']:8} {'TLS' if r['fleet'] else '-':6} {str(r['rss_mb']):32} "
+              f"{max(r['rss_mb']):5.1f} {r['modules']:8.0f} {r['ready_s']:8.2f} {r['first_ping_s']:10.2f}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--idle", type=float, default=10.0, help="seconds idle before reading RSS")
+    ap.add_argument("--here", action="store_true", help="do not boot the VM")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the daemons")
+    a = ap.parse_args()
+    EXTRA_ENV.update(e.split("=", 1) for e in a.env)
+    if a.here or kernel_available():
+        backends = ["uapi", "kernel"] if kernel_available() else ["uapi"]
+        rows = run_here(a.idle, backends)
+        print(json.dumps(rows) if a.json else "")
+        if not a.json:
+            print_rows(rows, "this machine")
+        return
+    from lanmesh_lab.vm import run_in_vm
+    res = run_in_vm([sys.executable, os.path.abspath(__file__), "--here", "--json",
+                     "--idle", str(a.idle)], timeout=900, cwd=ROOT,
+                    env={"LANMESH_LAB_SLOW": "8", "PYTHONPATH": os.path.join(ROOT, "firmware")})
+    line = [x for x in res.output.splitlines() if x.startswith("[{")]
+    if not line:
+        raise SystemExit(f"no result from the VM ({res}):\n{res.output[-3000:]}")
+    print_rows(json.loads(line[-1]), "x86-64 kernel VM, TCG-emulated: start-up times are ~10x slow")
+
+
+if __name__ == "__main__":
+    main()
