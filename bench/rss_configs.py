@@ -66,6 +66,7 @@ def measure(backend, fleet, launcher, idle_s, tmp):
         return {"backend": backend, "fleet": fleet,
                 "rss_mb": [round(p["rss_kb"] / 1024, 1) for p in procs],
                 "modules": statistics.median(p["modules"] for p in procs),
+                "heavy": sorted({m for p in procs for m in p.get("heavy", [])}),
                 "ready_s": round(ready, 2), "first_ping_s": round(ping, 2)}
     finally:
         for s in lab.sites:
@@ -88,10 +89,10 @@ def run_here(idle_s, backends):
 def print_rows(rows, where):
     print(f"\nidle daemon, 4 peers, installed package ({where}); RSS per router:")
     print(f"{'backend':8} {'fleet':6} {'RSS MB (5 routers)':32} {'max':>5} {'modules':>8} "
-          f"{'ready s':>8} {'1st ping s':>10}")
+          f"{'ready s':>8} {'1st ping s':>10}  heavy modules")
     for r in rows:
         print(f"{r['backend']:8} {'TLS' if r['fleet'] else '-':6} {str(r['rss_mb']):32} "
-              f"{max(r['rss_mb']):5.1f} {r['modules']:8.0f} {r['ready_s']:8.2f} {r['first_ping_s']:10.2f}")
+              f"{max(r['rss_mb']):5.1f} {r['modules']:8.0f} {r['ready_s']:8.2f} {r['first_ping_s']:10.2f}  {','.join(r['heavy']) or '-'}")
 
 
 def main():

@@ -3,8 +3,11 @@
 # (25.x) and the feed Makefile (`router.py stage DIR`) all build their package from
 # router_tree(), and the tests check the packages against it.
 #
-# Layout: /usr/lib/lanmesh/{lanmesh,vendor}, put first on sys.path by /usr/bin/lanmesh,
-# so the feeds' older python3-paho-mqtt (1.6.1 on 24.10 and 25.12) is never picked up.
+# Layout: /usr/lib/lanmesh/lanmesh, put first on sys.path by /usr/bin/lanmesh. The router
+# needs no third-party Python library: its MQTT client and netlink codec are lanmesh's
+# own (paho-mqtt and pyroute2 cost ~4 and ~24 MB RSS, and the feeds' copies are too old),
+# so nothing is vendored; VENDOR stays the place for a pure-Python library if one is ever
+# needed.
 # Byte code: built for the release's Python when this interpreter is that version (the
 # .pyc replaces the .py, as OpenWrt's Py3Package ships it: half the flash); otherwise the
 # .py ships and the package's post-install script compiles it (removed with the package).
@@ -22,9 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEED = os.path.join(REPO, "openwrt", "lanmesh")
 LIB = "usr/lib/lanmesh"
 HOST_ONLY = ("operator",)           # controller, registry, broker config, provisioning
-VENDOR = ["paho-mqtt==2.2.0"]
-# paho's one-shot helpers (publish.single, subscribe.simple): the agent never imports them.
-VENDOR_SKIP = ("paho/mqtt/publish.py", "paho/mqtt/subscribe.py")
+VENDOR = []                         # pinned wheels (packaging/wheels.py) unpacked into vendor/
+VENDOR_SKIP = ()
 RELEASES = {"24.10": "3.11", "25.12": "3.13"}     # OpenWrt release -> its python3
 
 # (source under openwrt/lanmesh/files or packaging/, destination, mode)

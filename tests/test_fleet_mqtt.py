@@ -343,7 +343,7 @@ def test_another_nodes_client_id_cannot_kick_it_off(fleet, tmp_path):
     """The finding: hq connecting with its own credentials but branch's client id kicked
     branch off and published branch's retained `lost` will. The generated config ties the
     client id to the username, so branch stays on and no will fires."""
-    from lanmesh.adapters.mqtt import make_client
+    from lanmesh.operator.paho_client import make_client
     with generated_broker(fleet, tmp_path) as (ctl, nodes, creds):
         def client(user, client_id, will=None):
             pw = open(creds / f"{user}.pass").read().strip()

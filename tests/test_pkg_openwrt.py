@@ -254,7 +254,7 @@ def test_feed_makefile():
     for gone in ("python3", "python3-pyroute2", "python3-paho-mqtt", "python3-pyserial",
                  "python3-cryptography", "wireguard-tools"):
         assert gone not in feed["depends"]      # old, host-only, unbuildable on MIPS, unused
-    for need in ("python3-light", "python3-codecs", "kmod-wireguard", "nftables"):
+    for need in ("python3-light", "python3-openssl", "kmod-wireguard", "nftables"):
         assert need in feed["depends"]
     assert feed["conffiles"] == ["/etc/config/lanmesh"]
     assert set(feed["scripts"]) == set(MAINTAINER)

@@ -356,4 +356,10 @@ def _process():
                     rss = int(line.split()[1])
     except OSError:
         pass
-    return {"pid": os.getpid(), "rss_kb": rss, "modules": len(sys.modules)}
+    heavy = sorted({m.partition(".")[0] for m in sys.modules} & HEAVY_MODULES)
+    return {"pid": os.getpid(), "rss_kb": rss, "modules": len(sys.modules), "heavy": heavy}
+
+
+# Libraries a router daemon should not need, each several MB of RSS: status names any
+# that got loaded (tests/test_rss.py checks the production configuration has none).
+HEAVY_MODULES = {"asyncio", "ssl", "pyroute2", "paho", "cryptography", "urllib", "email"}

@@ -1,14 +1,17 @@
-# MQTT edge (paho-mqtt 2.x): turns broker traffic into events for the asyncio loop and
-# publishes for it. paho runs its own network thread (loop_start); its callbacks only
-# append to a deque and set an aio.Signal, so no lanmesh code runs on that thread.
-# Reconnects with exponential backoff (paho's reconnect_delay_set); subscriptions are
-# renewed on every connect, so retained messages (the network document) arrive again.
+# The router's MQTT session (MQTT 3.1.1 over TCP or TLS), on the daemon's own loop: no
+# thread of its own, no paho (paho-mqtt 2.x and what it imports cost ~4 MB RSS on a router
+# budgeted 20 MB; the operator's tools still use it, lanmesh.operator.paho_client).
+# Broker traffic becomes events for the fleet agent; reconnects back off exponentially;
+# subscriptions are renewed on every connect, so retained messages (the network
+# document) arrive again; QoS 1 publishes made while offline are sent on reconnect.
+# Packets are parsed by mqtt_codec, bounded before anything is buffered.
 import collections
-import importlib
-import importlib.util
-import sys
+import errno
+import socket
 import threading
-import types
+import time
+
+from . import dns, mqtt_codec as codec
 
 from .. import aio
 from ..errors import LanmeshError
@@ -51,162 +54,332 @@ def read_secret(path):
         raise MqttError(f"{path}: cannot read password file: {e.strerror}") from None
 
 
-# paho-mqtt imports these at import time for what lanmesh never uses: urllib.request for
-# SOCKS proxy settings (only read when PySocks is installed) and uuid for a random client
-# id (ours is the node's name). Loaded they cost ~3.7 MB RSS (http.client, email,
-# datetime, random, platform). paho gets a stand-in that imports the real module on the
-# first attribute anyone reads (importlib's LazyLoader does not survive an `import`
-# statement on Python 3.11).
-_LAZY_FOR_PAHO = ("urllib.request", "uuid")
-
-
-class _OnFirstUse(types.ModuleType):
-    def __getattr__(self, attr):            # only for attributes the stand-in lacks
-        name = self.__name__
-        if sys.modules.get(name) is self:
-            del sys.modules[name]
-        real = importlib.import_module(name)
-        return getattr(real, attr)
-
-
-def _import_paho():
-    for name in _LAZY_FOR_PAHO:
-        if name in sys.modules or importlib.util.find_spec(name) is None:
-            continue                        # loaded already, or missing: paho will say so
-        stand_in = _OnFirstUse(name)
-        stand_in.__spec__ = None
-        sys.modules[name] = stand_in
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, stand_in)
-    import paho.mqtt.client as paho
-    return paho
-
-
-def make_client(url, client_id, ca_file=None, username=None, password=None,
-                cert_file=None, key_file=None, will=None):
-    """A configured, unconnected paho client. will = (topic, payload) → retained, QoS 1."""
-    paho = _import_paho()
-    tls, host, port = parse_broker(url)
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                    protocol=paho.MQTTv311, clean_session=True)
-    if tls:
-        import ssl                          # only for mqtts: OpenSSL costs ~4 MB RSS
-        try:
-            c.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file,
-                      cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        except (OSError, ssl.SSLError) as e:
-            raise MqttError(f"TLS set-up for {url}: {e}") from None
-    elif cert_file or ca_file:
-        raise MqttError(f"broker {url!r}: a CA or client certificate needs mqtts://")
-    if username is not None:
-        c.username_pw_set(username, password)
-    if will is not None:
-        c.will_set(will[0], will[1], qos=1, retain=True)
-    c._lanmesh_addr = (host, port)
-    return c
-
-
 class MqttLink:
-    """One broker session for the asyncio side. Events come out of next_event() as tuples:
+    """One broker session for the loop. Events come out of next_event() as tuples:
     (CONNECTED,), (LOST, reason), (MESSAGE, topic, payload, retain), (ACKED, mid)."""
 
     def __init__(self, url, client_id, ca_file=None, username=None, password=None,
                  cert_file=None, key_file=None, will=None, keepalive=30,
-                 backoff=(1, 60), max_events=1000):
-        self._client = make_client(url, client_id, ca_file, username, password,
-                                   cert_file, key_file, will)
-        self.keepalive = keepalive
+                 backoff=(1, 60), max_events=1000, log=None):
+        self.tls, self.host, self.port = parse_broker(url)
+        if not self.tls and (cert_file or ca_file):
+            raise MqttError(f"broker {url!r}: a CA or client certificate needs mqtts://")
+        self.url, self.client_id = url, client_id
+        self._tls_files = (ca_file, cert_file, key_file)
+        self._ctx = self._tls_context() if self.tls else None     # bad files fail here
+        self._auth, self._will = (username, password), will
+        self.keepalive, self.backoff = keepalive, backoff
+        self.log = log
         self._subs = []
         self._events = collections.deque()
         self._max_events = max_events
         self._dropped = 0
-        self._lock = threading.Lock()
         self._signal = aio.Signal()
+        self._kick = aio.Signal()
         self.connected = False
+        self.last_error = None
         self.received = 0           # messages delivered to us, publishes we made (counters)
         self.published = 0
-        c = self._client
-        c.reconnect_delay_set(backoff[0], backoff[1])
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_publish = self._on_publish
+        self._next_id = 0
+        self._inflight = {}         # packet id -> PUBLISH bytes, until PUBACK (resent on connect)
+        self._out = bytearray()
+        self._sock = None
+        self._task = None
+        self._closing = False
 
-    # -- paho thread ----------------------------------------------------------------------
-    def _push(self, ev):
-        with self._lock:
-            if len(self._events) >= self._max_events and ev[0] == MESSAGE:
-                self._dropped += 1   # a flood on our topics must not eat the router's RAM
-                return
-            self._events.append(ev)
-        self._signal.set()
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            self._push((LOST, f"connect refused: {reason_code}"))
-            return
-        self.connected = True
-        for topic, qos in self._subs:
-            client.subscribe(topic, qos)
-        self._push((CONNECTED,))
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        was = self.connected
-        self.connected = False
-        if was:
-            self._push((LOST, str(reason_code)))
-
-    def _on_message(self, client, userdata, msg):
-        self.received += 1
-        self._push((MESSAGE, msg.topic, msg.payload, msg.retain))
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties):
-        self._push((ACKED, mid))
-
-    # -- asyncio side ---------------------------------------------------------------------
-    def subscribe(self, topic, qos=1):
-        """Remembered and renewed on every (re)connect."""
-        self._subs.append((topic, qos))
-        if self.connected:
-            self._client.subscribe(topic, qos)
-
-    def start(self):
-        host, port = self._client._lanmesh_addr
+    def _tls_context(self):
+        from . import tls                   # only for mqtts: OpenSSL costs ~2.5 MB RSS
         try:
-            self._client.connect_async(host, port, keepalive=self.keepalive)
-        except (OSError, ValueError) as e:
-            raise MqttError(f"broker {host}:{port}: {e}") from None
-        self._client.loop_start()
+            return tls.client_context(*self._tls_files)
+        except (OSError, tls.TLSError) as e:
+            raise MqttError(f"TLS set-up for {self.url}: {e}") from None
 
-    def publish(self, topic, payload, qos=1, retain=False):
-        """Queued even while disconnected (paho resends QoS 1 after reconnect). → mid."""
-        self.published += 1
-        return self._client.publish(topic, payload, qos=qos, retain=retain).mid
+    # -- events ---------------------------------------------------------------------------
+    def _push(self, ev):
+        if len(self._events) >= self._max_events and ev[0] == MESSAGE:
+            self._dropped += 1       # a flood on our topics must not eat the router's RAM
+            return
+        self._events.append(ev)
+        self._signal.set()
 
     async def next_event(self, timeout_ms):
         """The next event, or None after timeout_ms (None = wait for ever)."""
-        with self._lock:
-            if self._events:
-                return self._events.popleft()
+        if self._events:
+            return self._events.popleft()
         if not await self._signal.wait_ms(timeout_ms):
             return None
-        with self._lock:
-            return self._events.popleft() if self._events else None
+        return self._events.popleft() if self._events else None
 
     def wake(self):
         """Make a pending next_event() return (None) now; safe from any thread."""
         self._signal.set()
 
+    # -- requests -------------------------------------------------------------------------
+    def subscribe(self, topic, qos=1):
+        """Remembered and renewed on every (re)connect."""
+        self._subs.append((topic, qos))
+        if self.connected:
+            self._send(codec.subscribe(self._packet_id(), [(topic, qos)]))
+
+    def publish(self, topic, payload, qos=1, retain=False):
+        """Queued even while disconnected (QoS 1 is resent after a reconnect). → mid."""
+        self.published += 1
+        mid = self._packet_id()
+        packet = codec.publish(topic, payload, qos, retain, mid if qos else None)
+        if qos:
+            self._inflight[mid] = (topic, payload, retain)
+        if self.connected:
+            self._send(packet)
+        return mid
+
+    def _packet_id(self):
+        self._next_id = self._next_id % 0xFFFF + 1
+        return self._next_id
+
+    def _send(self, data):
+        self._out += data
+        self._kick.set()
+
+    def start(self):
+        self._task = aio.create_task(self._run())
+
+    # -- the session ----------------------------------------------------------------------
+    async def _run(self):
+        delay = self.backoff[0]
+        while not self._closing:
+            try:
+                await self._session()
+                delay = self.backoff[0]
+            except (OSError, MqttError, codec.ProtocolError, ValueError) as e:
+                reason = _describe(e, self.host, self.port)
+                if self.connected or reason != self.last_error:   # said once, not per retry
+                    self._push((LOST, reason))
+                if self.connected:
+                    delay = self.backoff[0]
+                self.last_error = reason
+            finally:
+                self._drop_socket()
+            if self._closing:
+                return
+            await aio.sleep_ms(int(delay * 1000))
+            delay = min(delay * 2, self.backoff[1])
+
+    async def _session(self):
+        sock = self._sock = await self._connect()
+        decoder = codec.Decoder()
+        self._out = bytearray(codec.connect(self.client_id, self.keepalive, *self._auth,
+                                            will=self._will))
+        watch = aio.on_readable(sock, self._kick.set)
+        try:
+            acked = False
+            last_sent = last_heard = time.monotonic()
+            ping_out = False
+            while not self._closing:
+                if self._out:
+                    n = self._write(sock)
+                    if n:
+                        last_sent = time.monotonic()
+                for p in decoder.feed(self._read(sock)):
+                    last_heard = time.monotonic()
+                    if not acked:
+                        if p[0] != "connack":
+                            raise codec.ProtocolError(f"{p[0]} before CONNACK")
+                        if p[2]:
+                            raise MqttError("connect refused: "
+                                            + codec.CONNACK_REASONS.get(p[2], f"code {p[2]}"))
+                        acked = True
+                        self._on_connected()
+                        continue
+                    ping_out = ping_out and p[0] != "pingresp"
+                    self._on_packet(p)
+                now = time.monotonic()
+                if not acked and now - last_heard > 10:
+                    raise MqttError("no CONNACK within 10 s (is it an MQTT broker?)")
+                if acked and now - last_sent >= self.keepalive:
+                    self._out += codec.pingreq()
+                    ping_out = True
+                if acked and now - last_heard > self.keepalive * 1.5:
+                    raise MqttError(f"broker silent for {now - last_heard:.0f} s")
+                wait = 0.05 if self._out else max(0.05, min(1.0, self.keepalive - (now - last_sent)))
+                await self._kick.wait_ms(int(wait * 1000))
+        finally:
+            watch.close()
+
+    def _on_connected(self):
+        self.connected = True
+        self.last_error = None
+        if self._subs:
+            self._out += codec.subscribe(self._packet_id(), self._subs)
+        for mid, (topic, payload, retain) in sorted(self._inflight.items()):
+            self._out += codec.publish(topic, payload, 1, retain, mid, dup=True)
+        self._push((CONNECTED,))
+
+    def _on_packet(self, p):
+        kind = p[0]
+        if kind == "publish":
+            _, topic, payload, qos, retain, pid = p
+            if qos:
+                self._out += codec.puback(pid)
+            self.received += 1
+            self._push((MESSAGE, topic, payload, retain))
+        elif kind == "puback":
+            if self._inflight.pop(p[1], None) is not None:
+                self._push((ACKED, p[1]))
+        elif kind == "suback":
+            refused = [t for (t, _), code in zip(self._subs, p[2]) if code == 0x80]
+            if refused:
+                self._say(f"fleet: the broker refused the subscription to {', '.join(refused)} "
+                          f"(its ACL does not allow this node these topics: wrong fleet name?)")
+        elif kind == "connack":
+            raise codec.ProtocolError("a second CONNACK")
+
+    async def _connect(self):
+        addrs = await _resolve(self.host, self.port)
+        last = None
+        for family, addr in addrs:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.setblocking(False)
+            try:
+                err = sock.connect_ex(addr)
+                if err in (errno.EINPROGRESS, errno.EAGAIN):
+                    try:
+                        await aio.wait_for_ms(aio.wait_writable(sock), 10000)
+                    except aio.TimeoutError:
+                        raise OSError(errno.ETIMEDOUT, "connect timed out") from None
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, errno.errorcode.get(err, str(err)))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._ctx is not None:
+                    sock = await self._handshake(sock)
+                return sock
+            except BaseException as e:
+                sock.close()
+                last = e
+                if not isinstance(e, (OSError, MqttError)):
+                    raise
+        raise last if last is not None else OSError(errno.EHOSTUNREACH, "no address")
+
+    async def _handshake(self, sock):
+        from . import tls
+        conn = tls.Connection(self._ctx, sock, self.host)
+        end = time.monotonic() + 10
+        while True:
+            try:
+                conn.handshake()
+                return conn
+            except tls.WantRead:
+                wait = aio.wait_readable(conn)
+            except tls.WantWrite:
+                wait = aio.wait_writable(conn)
+            except tls.VerifyError as e:
+                raise MqttError(f"TLS: the broker's certificate does not verify against "
+                                f"{self._tls_files[0] or 'the system CAs'}: "
+                                f"{e.verify_message}") from None
+            except tls.TLSError as e:
+                raise MqttError(f"TLS handshake failed: {e.reason or e}") from None
+            left = end - time.monotonic()
+            if left <= 0:
+                raise MqttError("TLS handshake timed out")
+            try:
+                await aio.wait_for_ms(wait, int(left * 1000))
+            except aio.TimeoutError:
+                raise MqttError("TLS handshake timed out") from None
+
+    def _read(self, sock):
+        data = bytearray()
+        while len(data) < (1 << 20):
+            try:
+                chunk = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if _want(e):
+                    break
+                raise
+            if not chunk:
+                if data:
+                    break
+                raise MqttError("the broker closed the connection")
+            data += chunk
+        return bytes(data)
+
+    def _write(self, sock):
+        try:
+            n = sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as e:
+            if _want(e):
+                return 0
+            raise
+        del self._out[:n]
+        return n
+
+    def _drop_socket(self):
+        self.connected = False
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+    def _say(self, text):
+        if self.log is not None:
+            self.log.warning("%s", text)
+
     def close(self, final=None, timeout=2.0):
         """final = (topic, payload): published retained before a clean disconnect (which
-        suppresses the last will)."""
-        c = self._client
+        suppresses the last will). Blocks for at most `timeout` s."""
+        self._closing = True
+        sock = self._sock
+        if sock is not None and self.connected:
+            data = bytes(self._out)
+            if final is not None:
+                data += codec.publish(final[0], final[1], 1, True, self._packet_id())
+            data += codec.disconnect()
+            try:
+                sock.settimeout(timeout)
+                sock.sendall(data)
+            except OSError:
+                pass
+        self._drop_socket()
+        if self._task is not None:
+            self._task.cancel()
+        self._kick.set()
+
+
+def _want(e):
+    """An ssl WantRead/WantWrite (an OSError subclass): no data yet, not a failure."""
+    return type(e).__name__ in ("SSLWantReadError", "SSLWantWriteError")
+
+
+async def _resolve(host, port):
+    """getaddrinfo off the loop (a slow resolver must not stall the mesh)."""
+    done = aio.Signal()
+    box = {}
+
+    def work():
         try:
-            if final is not None and self.connected:
-                info = c.publish(final[0], final[1], qos=1, retain=True)
-                info.wait_for_publish(timeout)
-        except (RuntimeError, ValueError):
-            pass
-        c.disconnect()
-        c.loop_stop()
+            box["addrs"] = [(fam, addr) for fam, _, _, _, addr in
+                            dns.getaddrinfo(host, port, socket.SOCK_STREAM)]
+        except OSError as e:
+            box["error"] = e
+        done.set()
+    threading.Thread(target=work, name="lanmesh-mqtt-dns", daemon=True).start()
+    if not await done.wait_ms(15000):
+        raise MqttError(f"looking up {host} timed out")
+    if "error" in box:
+        raise MqttError(f"cannot resolve {host}: {box['error'].strerror or box['error']}")
+    return box["addrs"]
+
+
+def _describe(e, host, port):
+    if isinstance(e, ConnectionRefusedError) or getattr(e, "errno", None) == errno.ECONNREFUSED:
+        return f"connection refused (nothing listens on port {port}?)"
+    if getattr(e, "errno", None) in (errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"unreachable: {e.strerror or e}"
+    if isinstance(e, codec.ProtocolError):
+        return f"protocol error: {e}"
+    return str(e.strerror if isinstance(e, OSError) and e.strerror else e)

@@ -3,6 +3,7 @@
 import ipaddress
 import socket
 
+from ..adapters import dns
 from .uapi_proto import format_endpoint, split_endpoint
 
 
@@ -15,7 +16,7 @@ def resolve(endpoint, log, ifname):
     except ValueError:
         pass
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        infos = dns.getaddrinfo(host, port, socket.SOCK_DGRAM)
     except (socket.gaierror, UnicodeError) as exc:
         log.warning(f"{ifname}: endpoint {endpoint}: {exc}; keeping the current one")
         return []

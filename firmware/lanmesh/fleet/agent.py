@@ -124,7 +124,8 @@ class FleetAgent:
                                  username=f.get("username") or name, password=password,
                                  cert_file=f.get("cert_file"), key_file=f.get("key_file"),
                                  will=(topics.state(self.prefix, name), topics.STATE_LOST),
-                                 keepalive=self.keepalive, backoff=self.backoff)
+                                 keepalive=self.keepalive, backoff=self.backoff,
+                                 log=self.log)
             self.link.subscribe(topics.net(self.prefix))
             self.link.subscribe(topics.cmd(self.prefix, name))
             self.link.start()

@@ -83,7 +83,8 @@ class BrokerSession:
     """A short blocking session for the CLI (the node side uses adapters.mqtt.MqttLink)."""
 
     def __init__(self, opts, client_id=None, timeout=10.0):
-        from ..adapters.mqtt import make_client, read_secret
+        from ..adapters.mqtt import read_secret
+        from .paho_client import make_client
         pw = read_secret(opts["password_file"]) if opts.get("password_file") else None
         cid = client_id or "lanmesh-ctl-" + os.urandom(4).hex()
         self.client = make_client(opts["broker"], cid, ca_file=opts.get("ca_file"),
