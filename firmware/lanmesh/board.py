@@ -4,10 +4,10 @@
 # Board configs live in board-configs/ in the source tree; the packages copy them into
 # lanmesh/boards/, so both places are searched (installed copy first).
 import json
-import logging
+from .log import getLogger
 import os
 
-log = logging.getLogger("lanmesh.board")
+log = getLogger("lanmesh.board")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 BOARD_DIRS = (os.path.join(_HERE, "boards"),

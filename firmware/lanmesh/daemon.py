@@ -1,7 +1,7 @@
 # The one loop (DESIGN §2.2): owns the tasks and lifetimes. Everything that decides lives
 # in pure cores (netdoc, desired, mesh, fleet sync); everything that touches the OS lives in
 # backends and adapters. This file only wires facts to cores and effects to edges.
-import logging
+from .log import getLogger
 import os
 import signal
 import sys
@@ -16,7 +16,7 @@ from .keys import read_private_key, pubkey
 
 SUPERVISE_MS = 1000      # document-file watch and mesh socket check (the applier supervises
                          # the backend itself, off the loop)
-log = logging.getLogger("lanmesh")
+log = getLogger("lanmesh")
 
 
 class Daemon:

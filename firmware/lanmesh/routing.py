@@ -1,7 +1,7 @@
 # Runs the pure mesh core (mesh/node.py) on the daemon's loop: datagrams from the mesh socket
 # become MessageReceived facts, the core's deadlines drive tick(), and its effects go out as
 # datagrams (SendMessage) or as new next hops for the data plane (RoutesChanged).
-import logging
+from .log import getLogger
 
 from . import aio
 from .adapters.udp import MeshSocket, host_of
@@ -10,7 +10,7 @@ from .errors import LanmeshError
 from .mesh.node import DocumentChanged, LinkChanged, MeshNode, MessageReceived, RoutesChanged, SendMessage
 from .ticks import ticks_add, ticks_diff, ticks_ms
 
-log = logging.getLogger("lanmesh.mesh")
+log = getLogger("lanmesh.mesh")
 IDLE_WAIT_MS = 1000
 
 

@@ -4,7 +4,7 @@
 # one is edited in place (update_only), so its session, handshake time and counters live on.
 # Netlink calls block for milliseconds; the applier runs them off the daemon's loop.
 import errno
-import logging
+from ..log import getLogger
 import os
 
 from ..errors import BackendError, LanmeshError
@@ -44,7 +44,7 @@ def kernel_available():
 class KernelBackend:
     def __init__(self, ifname, log=None, run_dir=None):
         self.ifname = ifname
-        self.log = log if log is not None else logging.getLogger("lanmesh.dataplane")
+        self.log = log if log is not None else getLogger("lanmesh.dataplane")
         self.hostnet = HostNet(ifname, log=self.log, run_dir=run_dir)
         self.set_requests = 0       # WireGuard set calls made: none after an unchanged apply
         self._state = None          # last state asked for: re-applied when the link vanishes

@@ -30,8 +30,8 @@ IO_TIMEOUT = 5.0
 class UapiBackend:
     def __init__(self, ifname, log=None, program="wireguard-go", run_dir=None):
         if log is None:
-            import logging
-            log = logging.getLogger("lanmesh.dataplane")
+            from ..log import getLogger
+            log = getLogger("lanmesh.dataplane")
         self.ifname = ifname
         self.log = log
         self.program = program
