@@ -58,10 +58,12 @@ class FakeKernel:
         self.out.extend(self.answer(kind, flags, seq, data[16:]))
         return len(data)
 
-    def recv(self, n):
+    def recv_into(self, buf):
         if not self.out:
             raise socket.timeout()
-        return self.out.pop(0)
+        data = self.out.pop(0)
+        buf[:len(data)] = data
+        return len(data)
 
     def close(self):
         pass
@@ -69,7 +71,7 @@ class FakeKernel:
 
 def fake_socket(answer):
     s = codec.Socket.__new__(codec.Socket)
-    s.sock, s.port, s.seq = FakeKernel(answer), 4242, 0
+    s.sock, s.port, s.seq, s._buf = FakeKernel(answer), 4242, 0, bytearray(codec.RECV_SIZE)
     return s
 
 

@@ -16,6 +16,7 @@ GUEST_TESTS = [
     "tests/test_site_mesh.py::test_reconcile_add_remove_same_twice",
     "tests/test_mixed_backends.py",
     "tests/test_roaming.py",
+    "tests/test_rss.py::test_production_configuration_fits_verifies_and_reroutes",
 ]
 # TCG emulation is ~10x slower than the host: the lab tests scale their timeouts by this
 SLOW = os.environ.get("LANMESH_LAB_SLOW", "8")

@@ -146,3 +146,44 @@ def test_failed_apply_is_retried_and_hand_edits_are_undone(make_lab):
     while time.monotonic() < deadline and ka() != before:
         time.sleep(0.2)
     assert ka() == before
+
+
+def _edit_config_and_hup(lab, s, cfg, expect, timeout=10):
+    """Write s's node config, SIGHUP the daemon; its log once `expect` shows (or timeout)."""
+    import json
+    with open(s.config_path, "w") as f:
+        json.dump(cfg, f)
+    lab.reload(s)
+    end = time.monotonic() + timeout
+    while expect not in lab.daemon_log(s) and time.monotonic() < end:
+        time.sleep(0.1)
+    return lab.daemon_log(s)
+
+
+def test_sighup_rereads_the_config_and_keeps_the_sessions(make_lab):
+    # what `uci commit lanmesh` + reload_config does on OpenWrt (the init script's reload)
+    import json
+    lab = make_lab(2)
+    a, b = lab.sites
+    lab.start_all()
+    assert lab.wait_ping(a, b)
+    before = {p["name"]: p["last_handshake_age"] for p in lab.status(a)["peers"]}
+    pid = a.proc.pid
+    with open(a.config_path) as f:
+        cfg = json.load(f)
+    cfg.update(log_level="debug", listen_port=51999, name=a.name)
+    log = _edit_config_and_hup(lab, a, cfg, "listen_port applied")
+    assert "config: listen_port, log_level applied" in log, log[-2000:]
+    out = lab.ns.exec(a.router, "wg", "show", a.ifname, "listen-port").stdout.strip()
+    assert out == "51999"
+    assert a.proc.pid == pid and a.proc.poll() is None            # not restarted
+    assert lab.wait_ping(a, b)
+    after = {p["name"]: p["last_handshake_age"] for p in lab.status(a)["peers"]}
+    assert after[b.name] is not None and before[b.name] is not None
+    # the same session: no new handshake was needed (its age only grew)
+    assert after[b.name] >= before[b.name] - 0.5, (before, after)
+    # a key that needs a restart is named, and the running daemon keeps its config
+    cfg["backend"] = "kernel"
+    log = _edit_config_and_hup(lab, a, cfg, "applied at the next start")
+    assert "config: backend changed; applied at the next start" in log
+    assert lab.status(a)["backend"] == "uapi"

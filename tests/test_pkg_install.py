@@ -164,3 +164,28 @@ def test_apk_lifecycle_on_a_live_router(packages, tmp_path):
     _lifecycle(root, lambda: apk(root, r1, "add", "lanmesh", scripts=True),
                lambda: apk(root, r2, "upgrade", "lanmesh", scripts=True),
                lambda: apk(root, r2, "del", "lanmesh", scripts=True), base)
+
+
+def test_firewall_rules_follow_the_documents_ports_with_the_real_uci(tmp_path):
+    # the rules uci-defaults made, edited with OpenWrt's own uci as the daemon does
+    _need("uci")
+    from lanmesh.adapters import openwrt_firewall
+    from openwrt_root import tool
+    conf = tmp_path / "config"
+    conf.mkdir()
+    (conf / "firewall").write_text(
+        "config rule 'lanmesh_wg'\n\toption dest_port '51820'\n\toption target 'ACCEPT'\n\n"
+        "config rule 'lanmesh_mesh'\n\toption dest_port '51821'\n")
+    uci = (tool("uci"), "-c", str(conf))
+    reloaded = tmp_path / "reloaded"
+    reload = (str(tmp_path / "fw"),)
+    (tmp_path / "fw").write_text(f"#!/bin/sh\necho x >> {reloaded}\n")
+    os.chmod(tmp_path / "fw", 0o755)
+    assert openwrt_firewall.reconcile({"listen_port": 51820, "mesh_port": 51821}, uci, reload) == []
+    assert not reloaded.exists()                            # nothing changed: no reload
+    got = openwrt_firewall.reconcile({"listen_port": 40000, "mesh_port": 51821}, uci, reload)
+    assert got == ["firewall.lanmesh_wg.dest_port=40000"]
+    assert "option dest_port '40000'" in (conf / "firewall").read_text()
+    assert reloaded.read_text() == "x\n"
+    (conf / "firewall").write_text("config rule 'lanmesh_mesh'\n\toption dest_port '51821'\n")
+    assert openwrt_firewall.reconcile({"listen_port": 1, "mesh_port": 51821}, uci, reload) == []

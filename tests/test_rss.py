@@ -170,3 +170,63 @@ def test_run_is_parsed_without_argparse_exactly_as_argparse_would(argv):
 def test_anything_else_goes_to_argparse(argv):
     from lanmesh import cli
     assert cli._fast_run_args(argv) is None
+
+
+def _installed_launcher(directory):
+    """The router package as installed (packaging/router.py, byte code) and how its
+    /usr/bin/lanmesh runs (its #! line: python3 -S)."""
+    sys.path.insert(0, os.path.join(FIRMWARE, "..", "packaging"))
+    from router import router_tree
+    router_tree("%d.%d" % sys.version_info[:2]).write_to(directory, 1700000000)
+    return [sys.executable, "-S", os.path.join(directory, "usr/bin/lanmesh")]
+
+
+@pytest.mark.netns
+def test_production_configuration_fits_verifies_and_reroutes(make_lab, tmp_path):
+    """Issue 12: `kernel` backend, fleet over TLS, 4 peers, the installed package. Runs
+    inside the kernel VM (tests/test_kernel_vm.py); skipped where WireGuard is missing.
+    Five sites are in the fleet (4 peers each); three run, the other two are offline
+    sites (the emulated VM cannot run five routers' probes in time)."""
+    from lanmesh.dataplane.kernel import kernel_available
+    from lanmesh_lab.fleetlab import FleetLab
+    if not kernel_available():
+        pytest.skip("needs kernel WireGuard: tests/test_kernel_vm.py runs this in the VM")
+    launcher = _installed_launcher(str(tmp_path / "root"))
+    # what the daemon's interpreter can import: no cryptography, paho or pyroute2
+    for lib in ("cryptography", "paho", "pyroute2"):
+        r = subprocess.run(launcher[:2] + ["-c", f"import {lib}"], capture_output=True)
+        assert r.returncode != 0, f"{lib} is importable by the daemon"
+    slow = float(os.environ.get("LANMESH_LAB_SLOW", "1"))
+    lab = make_lab(5, backend="kernel")
+    for s in lab.sites:
+        s.relay = True
+    fl = FleetLab(lab, tmp_path / "fleet")
+    try:
+        fl.start_broker()
+        running = lab.sites[:3]
+        for s in running:
+            lab.start(s, wait=False, command=launcher)
+        for s in running:
+            lab.wait_ready(s, timeout=15 * slow)
+        v = fl.publish(settings={"keepalive": 25})     # a signed document, verified by each
+        fl.wait_applied(v, timeout=30 * slow, sites=running)
+        time.sleep(5)
+        for s in running:
+            st = lab.status(s)
+            assert st["backend"] == "kernel" and st["version"] == v and len(st["peers"]) == 4
+            assert st["fleet_state"]["connected"], st["fleet_state"]
+            assert st["process"]["heavy"] == [], st["process"]
+            rss = st["process"]["rss_kb"] / 1024
+            assert rss <= RSS_LIMIT_MB, f"{s.name}: {rss:.1f} MB > {RSS_LIMIT_MB} MB"
+        a, c = lab.sites[0], lab.sites[2]
+        assert lab.wait_ping(a, c, timeout=10 * slow)
+        lab.cut(a, c)
+        end = time.monotonic() + 10 * slow
+        while lab.routes(a).get(c.name) in (c.name, None) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert lab.routes(a)[c.name] not in (c.name, None), lab.routes(a)
+        assert lab.wait_ping(a, c, timeout=10 * slow)
+    finally:
+        for s in lab.sites[:3]:
+            lab.stop(s)
+        fl.close()

@@ -32,7 +32,9 @@ def load_node_config(args):
     if getattr(args, "uci", None):
         from .uci import load_uci
         from .config import parse_config
-        return parse_config(load_uci(args.uci), args.uci)
+        cfg = parse_config(load_uci(args.uci), args.uci)
+        cfg.openwrt = True      # an OpenWrt router: fw4's rules follow the document's ports
+        return cfg
     from .config import load_config
     return load_config(args.config)
 
@@ -43,7 +45,7 @@ def cmd_run(args):
     from . import log
     log.configure(level, prefix=cfg.name)
     from .daemon import run
-    run(cfg)
+    run(cfg, load_config=lambda: load_node_config(args))
     return 0
 
 

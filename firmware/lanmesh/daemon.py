@@ -4,7 +4,9 @@
 from .log import getLogger
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 
 from . import aio, control, desired, netdoc, runlock
@@ -24,8 +26,10 @@ class Daemon:
     factory (address, port, ifname) -> socket for the mesh (tests run whole daemons in one
     process with fakes there, beside real sockets)."""
 
-    def __init__(self, cfg, backend=None, mesh_socket=None):
+    def __init__(self, cfg, backend=None, mesh_socket=None, load_config=None):
         self.cfg = cfg
+        self.load_config = load_config      # re-reads the node config (UCI) on SIGHUP
+        self._firewall_ports = None         # the ports fw4's rules were last set to
         self.mesh_socket = mesh_socket
         self.private_key = read_private_key(cfg.private_key_file)
         self.public_key = pubkey(self.private_key)
@@ -114,6 +118,29 @@ class Daemon:
         self.mesh.document_changed(doc, sock)
         self.document_applies += 1
         log.info("applied document %s v%d: %d peers", doc.fleet, doc.version, len(doc.nodes) - 1)
+        if getattr(self.cfg, "openwrt", False):
+            self._firewall_follows(doc)
+
+    def _firewall_follows(self, doc):
+        """OpenWrt: fw4's rules for our ports follow the document (off the loop: uci and a
+        firewall reload take a second)."""
+        ports = {"listen_port": self.cfg.listen_port or doc.settings["listen_port"],
+                 "mesh_port": doc.settings["mesh_port"]}
+        if ports == self._firewall_ports:
+            return
+        self._firewall_ports = ports
+
+        def work():
+            from .adapters import openwrt_firewall
+            try:
+                changes = openwrt_firewall.reconcile(ports)
+            except (OSError, subprocess.SubprocessError) as e:
+                log.error("firewall: could not open the document's ports: %s", e)
+                self._firewall_ports = None         # the next document tries again
+                return
+            for c in changes:
+                log.info("firewall: %s (fw4 reloaded)", c)
+        threading.Thread(target=work, name="lanmesh-firewall", daemon=True).start()
 
     def _withdraw(self):
         """A first document failed half-way: take the data plane down again."""
@@ -146,6 +173,40 @@ class Daemon:
         if err is not None:
             raise err
         self.link_state = state
+
+    async def reload_config(self):
+        """SIGHUP (`uci commit lanmesh` + reload_config, `service lanmesh reload`): re-read
+        the node config and apply what can change without a restart, keeping every
+        WireGuard session; the rest is named and waits for the next start."""
+        if self.load_config is None:
+            return
+        try:
+            new = self.load_config()
+        except LanmeshError as e:
+            log.error("config reload: %s; the running config stays", e)
+            return
+        changed = sorted(k for k in set(new.raw) | set(self.cfg.raw)
+                         if new.raw.get(k) != self.cfg.raw.get(k))
+        if not changed:
+            return
+        later = [k for k in changed if k not in LIVE_CONFIG]
+        if later:
+            log.warning("config: %s changed; applied at the next start "
+                        "(service lanmesh restart)", ", ".join(later))
+        now = [k for k in changed if k in LIVE_CONFIG]
+        for k in now:
+            setattr(self.cfg, k, getattr(new, k))
+            self.cfg.raw[k] = new.raw.get(k)
+        if now:
+            log.info("config: %s applied", ", ".join(now))
+        if "log_level" in now:
+            from . import log as logmod
+            logmod.configure(self.cfg.log_level, prefix=self.cfg.name)
+        if "listen_port" in now and self.document is not None:
+            try:
+                await self._reconcile()
+            except LanmeshError as e:
+                log.error("config: listen port change not applied: %s", e)
 
     async def reload_local(self):
         """SIGHUP or the document file changed: apply it if valid and different."""
@@ -269,6 +330,7 @@ class Daemon:
             await self._wake.wait_ms(SUPERVISE_MS)
             if self._reload:
                 self._reload = False
+                await self.reload_config()
                 await self.reload_local()
 
     async def run(self):
@@ -327,8 +389,13 @@ def _stop_now(signum, frame):
     raise Stopped(128 + signum)
 
 
-def run(cfg):
-    d = Daemon(cfg)
+# Node config keys a running daemon takes on SIGHUP; the others (name, key, interface,
+# backend, directories, fleet) need a restart.
+LIVE_CONFIG = ("log_level", "listen_port", "document")
+
+
+def run(cfg, load_config=None):
+    d = Daemon(cfg, load_config=load_config)
     # Until the loop runs (it installs its own handlers), a stop signal unwinds start(),
     # whose cleanup below removes whatever it had set up: wireguard-go, link, nft, sysctls.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -348,16 +415,19 @@ def run(cfg):
 def _process():
     """This daemon's footprint, for operators and benchmarks: RSS (from /proc) and how many
     modules it has imported."""
-    rss = None
+    rss = threads = None
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     rss = int(line.split()[1])
+                elif line.startswith("Threads:"):
+                    threads = int(line.split()[1])
     except OSError:
         pass
     heavy = sorted({m.partition(".")[0] for m in sys.modules} & HEAVY_MODULES)
-    return {"pid": os.getpid(), "rss_kb": rss, "modules": len(sys.modules), "heavy": heavy}
+    return {"pid": os.getpid(), "rss_kb": rss, "threads": threads, "modules": len(sys.modules),
+            "heavy": heavy}
 
 
 # Libraries a router daemon should not need, each several MB of RSS: status names any

@@ -43,3 +43,4 @@ procd_add_reload_trigger() { _procd_log procd_add_reload_trigger "$@"; }
 procd_open_trigger() { _procd_log procd_open_trigger "$@"; }
 procd_close_trigger() { _procd_log procd_close_trigger "$@"; }
 procd_kill() { _procd_log procd_kill "$@"; }
+procd_send_signal() { _procd_log procd_send_signal "$@"; }

@@ -7,6 +7,7 @@
 # Packets are parsed by mqtt_codec, bounded before anything is buffered.
 import collections
 import errno
+import ipaddress
 import socket
 import threading
 import time
@@ -83,6 +84,7 @@ class MqttLink:
         self._next_id = 0
         self._inflight = {}         # packet id -> PUBLISH bytes, until PUBACK (resent on connect)
         self._out = bytearray()
+        self._rbuf = bytearray(16384)
         self._sock = None
         self._task = None
         self._closing = False
@@ -287,21 +289,24 @@ class MqttLink:
                 raise MqttError("TLS handshake timed out") from None
 
     def _read(self, sock):
+        """What the broker sent since the last call (into one reused buffer: the loop calls
+        this on every wake-up, and a fresh 64 kB each time only churns the heap)."""
         data = bytearray()
+        buf = self._rbuf
         while len(data) < (1 << 20):
             try:
-                chunk = sock.recv(65536)
+                n = sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
                 if _want(e):
                     break
                 raise
-            if not chunk:
+            if not n:
                 if data:
                     break
                 raise MqttError("the broker closed the connection")
-            data += chunk
+            data += memoryview(buf)[:n]
         return bytes(data)
 
     def _write(self, sock):
@@ -356,7 +361,14 @@ def _want(e):
 
 
 async def _resolve(host, port):
-    """getaddrinfo off the loop (a slow resolver must not stall the mesh)."""
+    """getaddrinfo off the loop (a slow resolver must not stall the mesh); an address
+    needs no lookup and no thread."""
+    try:
+        ip = ipaddress.ip_address(host)
+        return [(socket.AF_INET if ip.version == 4 else socket.AF_INET6,
+                 (host, port) if ip.version == 4 else (host, port, 0, 0))]
+    except ValueError:
+        pass
     done = aio.Signal()
     box = {}
 

@@ -65,6 +65,12 @@ class Connection:
         except Closed:
             return b""
 
+    def recv_into(self, buf):
+        try:
+            return self._tls.read(len(buf), buf) if PRIVATE else self._tls.recv_into(buf)
+        except Closed:
+            return 0
+
     def send(self, data):
         return self._tls.write(data) if PRIVATE else self._tls.send(data)
 

@@ -129,7 +129,7 @@ class UapiBackend:
             s.connect(self.sock_path)
             s.sendall(text.encode())
             while not buf.endswith(b"\n\n"):
-                chunk = s.recv(65536)
+                chunk = s.recv(16384)
                 if not chunk:
                     break
                 buf += chunk

@@ -171,6 +171,7 @@ class Socket:
             self.sock.close()
             raise
         self.seq = 0
+        self._buf = bytearray(RECV_SIZE)    # one receive buffer: no 64 kB allocation per read
 
     def close(self):
         self.sock.close()
@@ -190,7 +191,7 @@ class Socket:
         replies, total = [], 0
         while True:
             try:
-                data = self.sock.recv(RECV_SIZE)
+                data = bytes(memoryview(self._buf)[:self.sock.recv_into(self._buf)])
             except socket.timeout:
                 raise NetlinkError(110, what, "no reply from the kernel") from None
             total += len(data)
