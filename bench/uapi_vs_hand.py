@@ -60,6 +60,45 @@ def by_hand(lab):
         lab.ns.exec(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 
 
+def mirror(mesh, hand, skip=()):
+    """The hand lab made a copy of what lanmesh configured, piece by piece (wg showconf,
+    MTU, addresses, routes, nft table, sysctls), with wireguard-go started as by_hand does:
+    if this copy is as slow as lanmesh, the cause is in the configuration, else in how
+    lanmesh starts and runs wireguard-go. skip: pieces to leave out, to bisect."""
+    for m, h in zip(mesh.sites, hand.sites):
+        ns = h.router
+        hand.ns.popen(ns, ["wireguard-go", "-f", h.ifname],
+                      env=dict(os.environ, WG_PROCESS_FOREGROUND="1"),
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if hand.ns.exec(ns, "wg", "show", h.ifname, check=False).returncode == 0:
+                break
+            time.sleep(0.05)
+        conf = mesh.ns.exec(m.router, "wg", "showconf", m.ifname).stdout
+        path = os.path.join(h.dir, "mirror.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        hand.ns.exec(ns, "wg", "setconf", h.ifname, path)
+        link = json.loads(mesh.ns.exec(m.router, "ip", "-j", "link", "show", m.ifname).stdout)[0]
+        hand.ns.exec(ns, "ip", "link", "set", h.ifname, "mtu", str(link["mtu"]), "up")
+        for a in json.loads(mesh.ns.exec(m.router, "ip", "-j", "addr", "show", m.ifname).stdout)[0]["addr_info"]:
+            if "addr" in skip or (a["family"] == "inet6" and a["local"].startswith("fe80")):
+                continue
+            if "v6" in skip and a["family"] == "inet6":
+                continue
+            hand.ns.exec(ns, "ip", "addr", "add", f"{a['local']}/{a['prefixlen']}", "dev", h.ifname)
+        for fam in ("-4", "-6"):
+            if fam == "-6" and "v6" in skip:
+                continue
+            for r in json.loads(mesh.ns.exec(m.router, "ip", fam, "-j", "route", "show", "dev",
+                                             m.ifname, "proto", "108").stdout):
+                hand.ns.exec(ns, "ip", fam, "route", "replace", r["dst"], "dev", h.ifname)
+        if "nft" not in skip:
+            table = mesh.ns.exec(m.router, "nft", "list", "table", "inet", "lanmesh_" + m.ifname).stdout
+            hand.ns.exec(ns, "nft", "-f", "-", input=table.replace(m.ifname, h.ifname))
+        hand.ns.exec(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+
+
 def iperf(lab, streams, seconds):
     a, b = lab.sites
     pids = wg_pids(lab)
@@ -75,11 +114,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--mirror", action="store_true",
+                    help="configure the second lab as a copy of lanmesh's configuration")
+    ap.add_argument("--skip", default="", help="with --mirror: pieces to leave out (nft,v6,addr)")
     a = ap.parse_args()
     with Lab(2) as mesh, Lab(2) as hand:
         mesh.start_all()
         mesh.wait_ping(*mesh.sites)
-        by_hand(hand)
+        if a.mirror:
+            for m, h in zip(mesh.sites, hand.sites):     # the same keys: wg showconf carries them
+                h.overlay4, h.overlay6 = m.overlay4, m.overlay6
+            mirror(mesh, hand, set(filter(None, a.skip.split(","))))
+        else:
+            by_hand(hand)
         hand.wait_ping(*hand.sites)
         for lab in (mesh, hand):
             lab.ns.popen(lab.sites[1].host, ["iperf3", "-s"], stdout=subprocess.DEVNULL,
