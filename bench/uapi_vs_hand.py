@@ -32,13 +32,14 @@ def wg_pids(lab):
     return out
 
 
-def by_hand(lab):
-    """Each router: wireguard-go + wg set + ip, as a person configures it from the document."""
+def by_hand(lab, setsid=False):
+    """Each router: wireguard-go + wg set + ip, as a person configures it from the document.
+    setsid: in a session of its own, as lanmesh starts it."""
     doc = lab.document()
     for s in lab.sites:
         ns = s.router
         lab.ns.popen(ns, ["wireguard-go", "-f", s.ifname], env=dict(os.environ, WG_PROCESS_FOREGROUND="1"),
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=setsid)
         for _ in range(100):
             if lab.ns.exec(ns, "wg", "show", s.ifname, check=False).returncode == 0:
                 break
@@ -117,16 +118,26 @@ def main():
     ap.add_argument("--mirror", action="store_true",
                     help="configure the second lab as a copy of lanmesh's configuration")
     ap.add_argument("--skip", default="", help="with --mirror: pieces to leave out (nft,v6,addr)")
+    ap.add_argument("--control", action="store_true",
+                    help="both labs by hand (no lanmesh): shows what the lab order alone does")
+    ap.add_argument("--hand-setsid", action="store_true",
+                    help="start the by-hand wireguard-go in a session of its own, as lanmesh does")
+    ap.add_argument("--swap", action="store_true",
+                    help="build the by-hand lab first and lanmesh's second")
     a = ap.parse_args()
-    with Lab(2) as mesh, Lab(2) as hand:
-        mesh.start_all()
+    with Lab(2) as first, Lab(2) as second:
+        mesh, hand = (second, first) if a.swap else (first, second)
+        if a.control:
+            by_hand(mesh)
+        else:
+            mesh.start_all()
         mesh.wait_ping(*mesh.sites)
         if a.mirror:
             for m, h in zip(mesh.sites, hand.sites):     # the same keys: wg showconf carries them
                 h.overlay4, h.overlay6 = m.overlay4, m.overlay6
             mirror(mesh, hand, set(filter(None, a.skip.split(","))))
         else:
-            by_hand(hand)
+            by_hand(hand, setsid=a.hand_setsid)
         hand.wait_ping(*hand.sites)
         for lab in (mesh, hand):
             lab.ns.popen(lab.sites[1].host, ["iperf3", "-s"], stdout=subprocess.DEVNULL,

@@ -187,3 +187,18 @@ def test_sighup_rereads_the_config_and_keeps_the_sessions(make_lab):
     log = _edit_config_and_hup(lab, a, cfg, "applied at the next start")
     assert "config: backend changed; applied at the next start" in log
     assert lab.status(a)["backend"] == "uapi"
+
+
+def test_wireguard_go_shares_the_daemons_session_but_not_its_process_group(make_lab):
+    # Own process group: a Ctrl-C meant for the daemon does not reach the tunnel. Same
+    # session: with sched_autogroup a session of its own is a CPU-scheduling group of its
+    # own, which cost ~15 % throughput (bench/uapi_vs_hand.py --hand-setsid).
+    lab = make_lab(1)
+    (a,) = lab.sites
+    lab.start_all()
+    wg = [p for p in lab.ns.pids(a.router)
+          if open(f"/proc/{p}/comm").read().strip() == "wireguard-go"]
+    assert len(wg) == 1
+    daemon = a.proc.pid
+    assert os.getsid(wg[0]) == os.getsid(daemon)
+    assert os.getpgid(wg[0]) == wg[0] != os.getpgid(daemon)
