@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, os.path.join(ROOT, "firmware"))
 
-from lanmesh import control                     # noqa: E402
+from lanmesh.adapters import control             # noqa: E402
 from lanmesh_lab.dns import LabDns              # noqa: E402
 from lanmesh_lab.sites import Lab               # noqa: E402
 

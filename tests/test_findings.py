@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from lanmesh import aio, atomic, boundjson, control, netdoc
+from lanmesh import aio, atomic, boundjson, netdoc
+from lanmesh.adapters import control
 from lanmesh.config import ConfigError, parse_config
 from lanmesh.console import protocol, session
 from lanmesh.errors import DocumentError, KeyError_

@@ -4,7 +4,8 @@
 # parser; `make fuzz` runs 1,000,000 each.
 import json
 
-from lanmesh import control, netdoc, uci
+from lanmesh import netdoc, uci
+from lanmesh.adapters import control
 from lanmesh.config import ConfigError, loads_config
 from lanmesh.console import protocol, session
 from lanmesh.dataplane import uapi_proto

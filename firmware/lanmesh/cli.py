@@ -50,7 +50,7 @@ def cmd_run(args):
 
 
 def cmd_status(args):
-    from . import control
+    from .adapters import control
     from .status_view import render
     cfg = load_node_config(args)
     try:

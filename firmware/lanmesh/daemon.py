@@ -9,7 +9,8 @@ import sys
 import threading
 import time
 
-from . import aio, control, desired, netdoc, runlock
+from . import aio, desired, netdoc, runlock
+from .adapters import control
 from .applier import Applier
 from .dataplane import make_backend
 from .adapters.udp import ifindex
@@ -36,7 +37,8 @@ class Daemon:
         self.document = None
         self.backend = backend
         self.link_state = None
-        self.next_hops = None          # None = direct full mesh; the mesh core fills it in
+        self._plan = None              # the mesh core's routing plan (None: direct full mesh)
+        self._plan_doc = None          # the document _plan is for
         self.started = time.time()
         self.rejected = []             # reasons of the last rejected local document
         self.document_applies = 0      # documents applied (mesh route changes not counted)
@@ -151,19 +153,30 @@ class Daemon:
             log.error("removing the half-applied data plane failed: %s", e)
         self.link_state = None
 
-    def set_next_hops(self, next_hops):
-        """The mesh's routes changed: hand the new state to the applier and return at once
-        (a newer change replaces it if it has not started; failures are retried there)."""
-        self.next_hops = next_hops
+    def set_plan(self, plan):
+        """The mesh core's routes changed (its RoutesChanged, for the current document): hand
+        the new state to the applier and return at once (a newer change replaces it if it has
+        not started; failures are retried there)."""
+        self._plan, self._plan_doc = plan, self.document
         state = self._desired()
         if state is not None and state != self.link_state:
             self.link_state = state
             self.applier.submit(state)
 
+    def plan_for(self, doc):
+        """The routing plan for `doc`: the mesh core's own while it is for this document;
+        after a document change, its next hops carried over to the new document (computed
+        once) until the core sends the plan it computed for it."""
+        if self._plan_doc is not doc:
+            hops = self._plan.next_hops if self._plan is not None else None
+            self._plan, self._plan_doc = desired.plan(doc, self.cfg.name, hops), doc
+        return self._plan
+
     def _desired(self):
         if self.document is None:
             return None
-        return desired.link_state(self.cfg, self.document, self.private_key, self.next_hops)
+        return desired.link_state(self.cfg, self.document, self.private_key,
+                                  self.plan_for(self.document))
 
     async def _reconcile(self):
         state = self._desired()
@@ -258,7 +271,7 @@ class Daemon:
                 "rx": p.rx_bytes, "tx": p.tx_bytes, "allowed_ips": list(p.allowed_ips)})
         routes = []
         if doc is not None:
-            hops = desired.plan(doc, self.cfg.name, self.next_hops).next_hops
+            hops = self.plan_for(doc).next_hops
             for dest, n in sorted(doc.nodes.items()):
                 if dest == self.cfg.name:
                     continue
@@ -303,6 +316,7 @@ class Daemon:
         """With the first applied document: the mesh core, and its task once running."""
         from .routing import MeshRouting
         self.mesh = MeshRouting(self)       # LanmeshError if its socket cannot be bound
+        self.mesh.on_routes = self.set_plan
         if self.fleet is not None:
             self.mesh.on_links = self.fleet.links_counted
         if self._tasks is not None:

@@ -18,10 +18,11 @@ def plan(doc, self_name, next_hops=None):
     return make_plan(self_name, nodes, next_hops)
 
 
-def link_state(cfg, doc, private_key, next_hops=None):
+def link_state(cfg, doc, private_key, routing=None):
+    """routing: the plan (desired.plan / the mesh core's) to follow; None: direct mesh."""
     me = doc.node(cfg.name)
     s = doc.settings
-    allowed = plan(doc, cfg.name, next_hops).allowed
+    allowed = (routing or plan(doc, cfg.name)).allowed
     peers = []
     routes = {doc.overlay4, doc.overlay6}
     for name, n in doc.nodes.items():

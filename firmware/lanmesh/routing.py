@@ -31,6 +31,7 @@ class MeshRouting:
         self._armed = None             # the deadline it is armed for
         self.late_max_ms = 0           # the loop's own lateness: how late the timer fired
         self.on_links = None           # (up, total) -> None: told whenever a link changes
+        self.on_routes = None          # plan -> None: told when the core's routes change
         self._bind(doc)
 
     def socket_for(self, doc):
@@ -107,7 +108,8 @@ class MeshRouting:
                 hops = e.plan.next_hops
                 log.info("routes: %s", ", ".join(
                     f"{d}→{v or 'unreachable'}" for d, v in sorted(hops.items())))
-                self.daemon.set_next_hops(dict(hops))
+                if self.on_routes is not None:
+                    self.on_routes(e.plan)
             elif isinstance(e, LinkChanged):
                 log.info("link %s %s (rtt %s ms, cost %s)", e.peer, "up" if e.up else "DOWN",
                          e.rtt_ms, e.cost)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from lanmesh import control
+from lanmesh.adapters import control
 from lanmesh.atomic import write_atomic
 from lanmesh.keys import genkey, pubkey, write_private_key
 from .netns import Namespaces

@@ -62,6 +62,18 @@ def _version_in(payload):
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+class Signed:
+    """The payload the sync core carries without looking in: the parsed document and the
+    signed envelope it came in (None for a local, unsigned document)."""
+    __slots__ = ("doc", "envelope")
+
+    def __init__(self, doc, envelope):
+        self.doc, self.envelope = doc, envelope
+
+    def __eq__(self, other):
+        return isinstance(other, Signed) and (self.doc, self.envelope) == (other.doc, other.envelope)
+
+
 class FleetAgent:
     def __init__(self, cfg, daemon, log, keepalive=30, settle_ms=2000,
                  report_every_ms=REPORT_EVERY_MS, backoff=(1, 30)):
@@ -104,8 +116,8 @@ class FleetAgent:
         except LanmeshError:
             good = None
         if good is not None and good[0] == doc:
-            return (doc.version, (doc, good[1]), _digest(good[1]))
-        return (doc.version, (doc, None), None)   # a local, unsigned document
+            return (doc.version, Signed(doc, good[1]), _digest(good[1]))
+        return (doc.version, Signed(doc, None), None)   # a local, unsigned document
 
     def state(self):
         """For `lanmesh status`."""
@@ -215,7 +227,7 @@ class FleetAgent:
         digest = _digest(payload)
         effects = self._count_links(now)
         return effects + self.core.handle(sync.DocumentArrived(
-            doc.fleet, doc.version, (doc, bytes(payload)), digest,
+            doc.fleet, doc.version, Signed(doc, bytes(payload)), digest,
             doc.settings["confirm_window"] * 1000), now)
 
     def _refused(self, reason, version, now):
@@ -241,14 +253,14 @@ class FleetAgent:
             elif t is sync.RollBack:
                 self.log.warning("fleet: rolling back to v%s: %s", e.version, e.reason)
                 try:
-                    await self.daemon.apply_document(e.payload[0])
+                    await self.daemon.apply_document(e.payload.doc)
                 except LanmeshError as err:
                     self.log.error("fleet: rollback failed: %s", err)
                     effects += self.core.handle(sync.RollbackFailed(str(err)), now)
             elif t is sync.SaveFloor:
                 write_atomic(self.cfg.version_floor, "%d\n" % e.version, mode=0o600)
             elif t is sync.SaveLastGood:
-                write_atomic(self.cfg.last_good_document, e.payload[1], mode=0o600)
+                write_atomic(self.cfg.last_good_document, e.payload.envelope, mode=0o600)
                 self.log.info("fleet: v%d confirmed and saved as last good", e.version)
             elif t is sync.Report:
                 self._report(now)
@@ -256,7 +268,7 @@ class FleetAgent:
     async def _apply(self, e, now):
         self.log.info("fleet: applying v%d (commit-confirmed)", e.version)
         try:
-            await self.daemon.apply_document(e.payload[0])
+            await self.daemon.apply_document(e.payload.doc)
         except LanmeshError as err:
             self.log.error("fleet: apply of v%d failed, previous state kept: %s", e.version, err)
             return self.core.handle(sync.ApplyFailed(e.version, str(err)), now)

@@ -7,7 +7,7 @@ import json
 import os
 import socket
 
-from . import aio, boundjson
+from .. import aio, boundjson
 
 MAX_REQUEST = 4096
 CLIENT_DEADLINE_MS = 2000
