@@ -45,6 +45,7 @@ class Daemon:
         self._stop = None
         self._wake = None
         self._tasks = None             # the loop's tasks, while running
+        self._mesh_task = None         # the one task running the mesh core
         self._reload = False
         self._doc_stamp = None
         self.mesh = None
@@ -320,7 +321,8 @@ class Daemon:
         if self.fleet is not None:
             self.mesh.on_links = self.fleet.links_counted
         if self._tasks is not None:
-            self._tasks.append(aio.create_task(self.mesh.run(self._stop)))
+            self._mesh_task = aio.create_task(self.mesh.run(self._stop))
+            self._tasks.append(self._mesh_task)
 
     def request_reload(self):
         self._reload = True
@@ -359,8 +361,9 @@ class Daemon:
             server = control.listen(self.cfg.control_socket)
             tasks += [aio.create_task(self._supervise()),
                       aio.create_task(control.serve(server, self._control, self._stop))]
-            if self.mesh is not None:
-                tasks.append(aio.create_task(self.mesh.run(self._stop)))
+            if self.mesh is not None and self._mesh_task is None:   # mesh made before run()
+                self._mesh_task = aio.create_task(self.mesh.run(self._stop))
+                tasks.append(self._mesh_task)
             if self.cfg.fleet:
                 from .fleet.agent import FleetAgent
                 self.fleet = FleetAgent(self.cfg, self, log)
