@@ -212,3 +212,17 @@ def test_tls_through_the_public_ssl_module_too(broker, tmp_path):
         out[mode] = r.stdout.strip() or r.stderr
     assert out[""] == "True ('connected',) False"          # ssl.py never loaded
     assert out["ssl"] == "False ('connected',) True"
+
+
+def test_lanmesh_status_names_the_broker_and_why_it_is_not_connected():
+    from lanmesh.status_view import render
+    base = {"node": "hq", "interface": "lm0", "backend": "kernel", "fleet": "acme", "version": 3,
+            "uptime": 5, "peers": [], "links": [], "routes": [], "process": {"rss_kb": 19000}}
+    down = dict(base, fleet_state={"connected": False, "broker": "mqtts://b:8883",
+                                   "broker_error": "connection refused (nothing listens on port 8883?)"})
+    text = render(down)
+    assert "fleet broker mqtts://b:8883: NOT connected (connection refused" in text
+    assert "18.6 MB RSS" in text
+    up = dict(base, fleet_state={"connected": True, "broker": "mqtts://b:8883", "broker_error": None})
+    assert "fleet broker mqtts://b:8883: connected" in render(up)
+    assert "fleet broker" not in render(dict(base, fleet_state=None))

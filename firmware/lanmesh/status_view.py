@@ -32,6 +32,14 @@ def render(st):
            f"up {st['uptime']:.0f}s{mem}"]
     if st.get("rejected"):
         out.append("last document rejected: " + "; ".join(st["rejected"]))
+    fleet = st.get("fleet_state")
+    if fleet:
+        if fleet.get("connected"):
+            out.append(f"fleet broker {fleet.get('broker')}: connected")
+        else:
+            why = fleet.get("broker_error") or "connecting"
+            out.append(f"fleet broker {fleet.get('broker')}: NOT connected ({why}); "
+                       "the mesh keeps running on its last document")
     out.append("")
     out.append(table([(p["name"], p["endpoint"] or "-", _age(p["last_handshake_age"]),
                        _bytes(p["rx"]), _bytes(p["tx"])) for p in st["peers"]],

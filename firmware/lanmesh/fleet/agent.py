@@ -123,6 +123,8 @@ class FleetAgent:
         """For `lanmesh status`."""
         s = self.core.reported()
         s["connected"] = self.core.connected
+        s["broker"] = self.fleet.get("broker")
+        s["broker_error"] = self.link.last_error if self.link is not None else None
         return s
 
     # -- the loop -------------------------------------------------------------------------
