@@ -226,3 +226,18 @@ def test_lanmesh_status_names_the_broker_and_why_it_is_not_connected():
     up = dict(base, fleet_state={"connected": True, "broker": "mqtts://b:8883", "broker_error": None})
     assert "fleet broker mqtts://b:8883: connected" in render(up)
     assert "fleet broker" not in render(dict(base, fleet_state=None))
+
+
+def test_a_changed_password_file_is_used_at_the_next_connect(broker, tmp_path):
+    pw = tmp_path / "hq.pass"
+    pw.write_text("wrong\n")
+
+    async def main():
+        a = mqtt.MqttLink(broker.url, "lanmesh-hq", ca_file=broker.ca_file, username="hq",
+                          password=lambda: mqtt.read_secret(str(pw)), backoff=(0.2, 0.4))
+        a.start()
+        assert "not authorized" in (await _expect(a, mqtt.LOST))[1]
+        pw.write_text("pw-hq\n")                # the operator fixes the file; no restart
+        await _expect(a, mqtt.CONNECTED, 10000)
+        a.close()
+    aio.run(main())

@@ -57,7 +57,8 @@ def read_secret(path):
 
 class MqttLink:
     """One broker session for the loop. Events come out of next_event() as tuples:
-    (CONNECTED,), (LOST, reason), (MESSAGE, topic, payload, retain), (ACKED, mid)."""
+    (CONNECTED,), (LOST, reason), (MESSAGE, topic, payload, retain), (ACKED, mid).
+    password: a string, or a callable asked at every connect (e.g. reading a file)."""
 
     def __init__(self, url, client_id, ca_file=None, username=None, password=None,
                  cert_file=None, key_file=None, will=None, keepalive=30,
@@ -169,7 +170,10 @@ class MqttLink:
     async def _session(self):
         sock = self._sock = await self._connect()
         decoder = codec.Decoder()
-        self._out = bytearray(codec.connect(self.client_id, self.keepalive, *self._auth,
+        user, password = self._auth
+        if callable(password):          # re-read at every connect: a changed password file
+            password = password()       # is picked up without a restart
+        self._out = bytearray(codec.connect(self.client_id, self.keepalive, user, password,
                                             will=self._will))
         watch = aio.on_readable(sock, self._kick.set)
         try:

@@ -133,7 +133,11 @@ class FleetAgent:
         from ..adapters.mqtt import MqttLink, read_secret
         name = self.cfg.name
         try:
-            password = read_secret(f["password_file"]) if f.get("password_file") else None
+            path = f.get("password_file")
+            password = None
+            if path:
+                read_secret(path)           # unreadable now: fleet off, said once, below
+                password = lambda: read_secret(path)   # noqa: E731 - re-read per connect
             self.link = MqttLink(f["broker"], "lanmesh-" + name, ca_file=f.get("ca_file"),
                                  username=f.get("username") or name, password=password,
                                  cert_file=f.get("cert_file"), key_file=f.get("key_file"),
