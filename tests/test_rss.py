@@ -149,29 +149,6 @@ def test_netlink_step_runs_only_when_something_changed(monkeypatch):
     assert len(calls) == 5
 
 
-@pytest.mark.parametrize("argv", [
-    ["run"], ["run", "--config", "/x.json"], ["run", "--uci=/etc/config/lanmesh"],
-    ["run", "--uci", "/u", "--log-level", "debug"], ["run", "--log-level=error", "--config=/c"],
-])
-def test_run_is_parsed_without_argparse_exactly_as_argparse_would(argv):
-    from lanmesh import cli
-    fast = cli._fast_run_args(argv)
-    slow = cli.build_parser().parse_args(argv)
-    assert fast is not None
-    for name in ("config", "uci", "log_level"):
-        assert getattr(fast, name) == getattr(slow, name), name
-    assert fast.func is slow.func
-
-
-@pytest.mark.parametrize("argv", [
-    ["run", "--help"], ["run", "--config"], ["run", "--config", "a", "--uci", "b"],
-    ["run", "--log-level", "loud"], ["run", "--config", "a", "--config", "b"], ["status"],
-])
-def test_anything_else_goes_to_argparse(argv):
-    from lanmesh import cli
-    assert cli._fast_run_args(argv) is None
-
-
 def _installed_launcher(directory):
     """The router package as installed (packaging/router.py, byte code) and how its
     /usr/bin/lanmesh runs (its #! line: python3 -S)."""

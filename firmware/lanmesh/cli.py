@@ -159,6 +159,11 @@ def main(argv=None):
         return _die(str(e))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `lanmesh status | head`: the reader left; no traceback, and none at exit either
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
