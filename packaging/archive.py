@@ -1,11 +1,13 @@
 # Byte-reproducible archives: a tree of files becomes the same bytes on every build.
 # Fixed mtime (SOURCE_DATE_EPOCH), owner 0/0 with no names, sorted entries, GNU tar,
 # gzip with mtime 0 and no file name.
+import contextlib
 import gzip
 import io
 import os
 import subprocess
 import tarfile
+import tempfile
 
 
 def source_date_epoch(repo):
@@ -77,6 +79,17 @@ class Tree:
         for path in sorted(self.entries, reverse=True):  # children before parents
             os.utime(os.path.join(root, path), (mtime, mtime))
         os.utime(root, (mtime, mtime))
+
+
+@contextlib.contextmanager
+def staged(tree, mtime):
+    """(scratch dir, root): the tree written under a temporary root for a packaging tool
+    (dpkg-deb, apk mkpkg), with its modes and mtimes; all removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "root")
+        os.mkdir(root)
+        tree.write_to(root, mtime)
+        yield tmp, root
 
 
 def tar_bytes(members, mtime):

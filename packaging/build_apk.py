@@ -9,10 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from archive import source_date_epoch  # noqa: E402
+from archive import source_date_epoch, staged  # noqa: E402
 from feed import read_feed  # noqa: E402
 from router import RELEASES, router_tree  # noqa: E402
 
@@ -47,10 +46,7 @@ def build(out_dir, release="25.12", epoch=None, apk=None, pkg_release=None):
     version = f"{feed['version']}-r{feed['release']}"
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{feed['name']}-{version}.apk")
-    with tempfile.TemporaryDirectory() as tmp:
-        root = os.path.join(tmp, "root")
-        os.mkdir(root)
-        tree.write_to(root, epoch)
+    with staged(tree, epoch) as (tmp, root):
         cmd = [apk, "mkpkg", "--files", root, "--output", path + ".tmp"]
         for k, v in (("name", feed["name"]), ("version", version), ("arch", "noarch"),
                      ("description", feed["title"]), ("license", feed["license"]),

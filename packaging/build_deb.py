@@ -10,11 +10,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wheels  # noqa: E402
-from archive import Tree, source_date_epoch  # noqa: E402
+from archive import Tree, source_date_epoch, staged  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(REPO, "packaging")
@@ -70,10 +69,7 @@ def build(out_dir, cache=None, epoch=None):
         tree.add_file(f"DEBIAN/{script}", _read("debian", script), 0o755)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"lanmesh_{version}_all.deb")
-    with tempfile.TemporaryDirectory() as tmp:
-        root = os.path.join(tmp, "root")
-        os.mkdir(root)
-        tree.write_to(root, epoch)
+    with staged(tree, epoch) as (tmp, root):
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
         subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root,
                         os.path.join(tmp, "out.deb")], check=True, env=env,
