@@ -30,9 +30,8 @@ EXTRA_ENV = {}
 
 
 def stage(directory):
-    from router import router_tree
-    router_tree("%d.%d" % sys.version_info[:2]).write_to(directory, 1700000000)
-    return [sys.executable, "-S", os.path.join(directory, "usr/bin/lanmesh")]   # its #! line
+    from router import install
+    return install(directory)
 
 
 SLOW = float(os.environ.get("LANMESH_LAB_SLOW", "1"))   # the VM's TCG: ~10x slower

@@ -88,6 +88,14 @@ def router_tree(python_version, cache=None):
     return tree
 
 
+def install(root, python_version=None, mtime=1700000000):
+    """The router package installed under `root` (as opkg/apk would lay it out), for tests
+    and benchmarks on this machine; → how its /usr/bin/lanmesh runs (its #! line is
+    `python3 -S`). python_version: byte code for this Python unless another is named."""
+    router_tree(python_version or "%d.%d" % sys.version_info[:2]).write_to(root, mtime)
+    return [sys.executable, "-S", os.path.join(root, "usr/bin/lanmesh")]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="stage the router package's files")
     ap.add_argument("command", choices=["stage", "list"])

@@ -27,6 +27,8 @@ def default_cache(repo):
 
 def fetch(requirements, cache):
     """Paths of the pinned wheels for `requirements`, downloading what is missing."""
+    if not requirements:
+        return []
     os.makedirs(cache, exist_ok=True)
     missing = [r for r in requirements if not os.path.exists(os.path.join(cache, PINS[r][0]))]
     if missing:

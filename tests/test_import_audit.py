@@ -22,7 +22,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "packaging"))
 from feed import read_feed  # noqa: E402
 from openwrt_python import REQUIRES, SUBPACKAGES, module_owner  # noqa: E402
-from router import LIB, router_tree  # noqa: E402
+from router import LIB, install  # noqa: E402
 
 AUDIT_SITE = os.path.join(HERE, "import_audit")
 RELEASE = "24.10"
@@ -66,7 +66,7 @@ def audit_log(tmp_path):
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("router"))
-    router_tree("3.11").write_to(root, 1700000000)
+    install(root, "3.11")
     return root
 
 
@@ -84,6 +84,8 @@ def test_the_audit_refuses_undeclared_and_outside_modules(installed, tmp_path):
 
 
 def _launcher(root):
+    # without -S: the venv's site-packages stays visible, so the audit sees (and refuses)
+    # anything the daemon would take from outside the package
     return [sys.executable, os.path.join(root, "usr/bin/lanmesh")]
 
 

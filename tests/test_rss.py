@@ -153,9 +153,8 @@ def _installed_launcher(directory):
     """The router package as installed (packaging/router.py, byte code) and how its
     /usr/bin/lanmesh runs (its #! line: python3 -S)."""
     sys.path.insert(0, os.path.join(FIRMWARE, "..", "packaging"))
-    from router import router_tree
-    router_tree("%d.%d" % sys.version_info[:2]).write_to(directory, 1700000000)
-    return [sys.executable, "-S", os.path.join(directory, "usr/bin/lanmesh")]
+    from router import install
+    return install(directory)
 
 
 @pytest.mark.netns

@@ -4,6 +4,7 @@ import json
 import sys
 
 from . import __version__
+from .config import LOG_LEVELS
 from .errors import DocumentError, LanmeshError
 
 DEFAULT_CONFIG = "/etc/lanmesh/node.json"
@@ -96,7 +97,7 @@ def build_parser():
 
     s = sub.add_parser("run", help="run the daemon in the foreground")
     config_args(s)
-    s.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    s.add_argument("--log-level", choices=LOG_LEVELS)
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("status", help="peers, links and routes of the running daemon")
     config_args(s)
@@ -144,8 +145,7 @@ def _fast_run_args(argv):
             value = rest.pop(0)
         seen.add(opt)
         setattr(args, opt[2:].replace("-", "_"), value)
-    if {"--config", "--uci"} <= seen or args.log_level not in (None, "debug", "info",
-                                                                  "warning", "error"):
+    if {"--config", "--uci"} <= seen or args.log_level not in (None,) + LOG_LEVELS:
         return None
     return args
 

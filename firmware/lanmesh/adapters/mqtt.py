@@ -84,6 +84,7 @@ class MqttLink:
         self.published = 0
         self._next_id = 0
         self._inflight = {}         # packet id -> PUBLISH bytes, until PUBACK (resent on connect)
+        self._asked = {}            # packet id -> topics of a SUBSCRIBE, until its SUBACK
         self._out = bytearray()
         self._rbuf = bytearray(16384)
         self._sock = None
@@ -122,7 +123,7 @@ class MqttLink:
         """Remembered and renewed on every (re)connect."""
         self._subs.append((topic, qos))
         if self.connected:
-            self._send(codec.subscribe(self._packet_id(), [(topic, qos)]))
+            self._send(self._subscribe([(topic, qos)]))
 
     def publish(self, topic, payload, qos=1, retain=False):
         """Queued even while disconnected (QoS 1 is resent after a reconnect). → mid."""
@@ -134,6 +135,12 @@ class MqttLink:
         if self.connected:
             self._send(packet)
         return mid
+
+    def _subscribe(self, topics):
+        """A SUBSCRIBE, remembered by its packet id until its SUBACK says which it granted."""
+        pid = self._packet_id()
+        self._asked[pid] = list(topics)
+        return codec.subscribe(pid, topics)
 
     def _packet_id(self):
         self._next_id = self._next_id % 0xFFFF + 1
@@ -215,7 +222,7 @@ class MqttLink:
         self.connected = True
         self.last_error = None
         if self._subs:
-            self._out += codec.subscribe(self._packet_id(), self._subs)
+            self._out += self._subscribe(self._subs)
         for mid, (topic, payload, retain) in sorted(self._inflight.items()):
             self._out += codec.publish(topic, payload, 1, retain, mid, dup=True)
         self._push((CONNECTED,))
@@ -232,7 +239,8 @@ class MqttLink:
             if self._inflight.pop(p[1], None) is not None:
                 self._push((ACKED, p[1]))
         elif kind == "suback":
-            refused = [t for (t, _), code in zip(self._subs, p[2]) if code == 0x80]
+            asked = self._asked.pop(p[1], [])
+            refused = [t for (t, _), code in zip(asked, p[2]) if code == 0x80]
             if refused:
                 self._say(f"fleet: the broker refused the subscription to {', '.join(refused)} "
                           f"(its ACL does not allow this node these topics: wrong fleet name?)")

@@ -41,8 +41,8 @@ def client_context(ca_file=None, cert_file=None, key_file=None):
 
 
 class Connection:
-    """TLS over a connected non-blocking socket: handshake(), recv(), send() raise
-    WantRead / WantWrite when they would block; recv() returns b"" at a clean close."""
+    """TLS over a connected non-blocking socket: handshake(), recv_into(), send() raise
+    WantRead / WantWrite when they would block; recv_into() returns 0 at a clean close."""
 
     def __init__(self, ctx, sock, server_hostname):
         self.sock = sock
@@ -58,12 +58,6 @@ class Connection:
 
     def handshake(self):
         self._tls.do_handshake()
-
-    def recv(self, n):
-        try:
-            return self._tls.read(n) if PRIVATE else self._tls.recv(n)
-        except Closed:
-            return b""
 
     def recv_into(self, buf):
         try:

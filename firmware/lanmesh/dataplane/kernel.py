@@ -49,6 +49,7 @@ class KernelBackend:
         self.set_requests = 0       # WireGuard set calls made: none after an unchanged apply
         self._state = None          # last state asked for: re-applied when the link vanishes
         self._endpoints = {}        # peer → endpoint we set and stand by (peerdiff's roaming rule)
+        self._wg_family = None      # generic-netlink family id of WireGuard, once looked up
 
     # --- backend API ----------------------------------------------------------------------
 
@@ -60,12 +61,20 @@ class KernelBackend:
             raise BackendError(f"{self.ifname!r} is not a valid interface name (1-15 characters)")
         desired = self._desired(state)      # bad input fails here, before anything changes
         self._state = state
-        changes = self._configure(desired)
+        try:
+            changes = self._configure(desired)
+        except BackendError:
+            self._wg_family = None          # looked up again next time (module reloaded?)
+            raise
         return changes + self.hostnet.apply(state)
 
     def peers(self):
         """{public_key: PeerStatus} as the kernel reports them; {} if the link is gone."""
-        dev = self._read()
+        try:
+            dev = self._read()
+        except BackendError:
+            self._wg_family = None
+            raise
         if dev is None:
             return {}
         return {k: PeerStatus(k, p["endpoint"], p["last_handshake"], p["rx_bytes"],
@@ -112,7 +121,7 @@ class KernelBackend:
     def _configure(self, desired):
         changes = self._ensure_link()
         with _netlink_errors(self.ifname), wgnl.open_socket() as nl:
-            family = _family(nl)
+            family = self._family(nl)
             current = parse_info(wgnl.get_device(nl, family, self.ifname))
             chosen, keep = choose_endpoints(current["peers"], desired["peers"], self._endpoints)
             for key, ep in chosen.items():
@@ -146,11 +155,20 @@ class KernelBackend:
                     raise
         return ["link created"]
 
+    def _family(self, nl):
+        """WireGuard's generic-netlink family id: looked up once (it stays while the module
+        is loaded; a failed request forgets it, so a reloaded module is found again)."""
+        if self._wg_family is None:
+            self._wg_family = wgnl.family_id(nl)
+            if self._wg_family is None:
+                raise BackendError(NO_WIREGUARD)
+        return self._wg_family
+
     def _read(self):
         if self._link_index() is None:
             return None
         with _netlink_errors(self.ifname), wgnl.open_socket() as nl:
-            return parse_info(wgnl.get_device(nl, _family(nl), self.ifname))
+            return parse_info(wgnl.get_device(nl, self._family(nl), self.ifname))
 
     def _link_index(self):
         with _netlink_errors(self.ifname), rtnl.open_socket() as nl:
@@ -169,11 +187,6 @@ class KernelBackend:
                         raise
 
 
-def _family(nl):
-    family = wgnl.family_id(nl)
-    if family is None:
-        raise BackendError(NO_WIREGUARD)
-    return family
 
 
 # --- pure helpers: kernel reply → device dict, device dicts → set calls --------------------
