@@ -1,6 +1,6 @@
-# Fleet document propagation: N simulated nodes = N real FleetAgents (real paho clients,
-# TLS, passwords, ACL, real sync cores, signature checks) with a fake data plane, all in
-# one process on one asyncio loop, against a real mosquitto on loopback. Measures, per
+# Fleet document propagation: N simulated nodes = N real FleetAgents (our MQTT client,
+# TLS, passwords, ACL, real sync cores, signature checks) with a stand-in router, all in
+# one process on one event loop, against a real mosquitto on loopback. Measures, per
 # pushed version, the time from publish until every node reports it pending (received,
 # verified, applied) and applied (commit confirmed), p50/p99 over nodes, and the broker's
 # PUBLISH messages per push per node (from $SYS).
@@ -31,7 +31,11 @@ from mqtt_broker import Broker  # noqa: E402
 PREFIX = "lanmesh/acme/"
 
 
-class FakeDaemon:
+class RouterStandIn:
+    """What a FleetAgent needs of its router (document, apply_document, links_up, status).
+    Not whole in-process daemons (lanmesh_lab.inprocess, as tests/test_fleet_mqtt.py uses):
+    200 of them would each probe 199 peers, and this bench measures the broker path."""
+
     def __init__(self, name):
         self.name, self.document = name, None
 
@@ -119,7 +123,7 @@ def main():
             cfg = parse_config({"name": n, "state_dir": "state", "fleet": {
                 "name": "acme", "public_key": fd.public_key(), "broker": broker.url,
                 "ca_file": broker.ca_file, "password_file": "pw"}}, os.path.join(d, "node.json"))
-            agents.append(agent_mod.FleetAgent(cfg, FakeDaemon(n), logging.getLogger(n),
+            agents.append(agent_mod.FleetAgent(cfg, RouterStandIn(n), logging.getLogger(n),
                                                settle_ms=a.settle_ms))
         tl = Timeline(opts).__enter__()
         tl.client.subscribe([(topics.all_reported(PREFIX), 1), ("$SYS/broker/messages/+", 0)])

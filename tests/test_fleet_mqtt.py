@@ -1,6 +1,7 @@
 # Fleet control against a real mosquitto on loopback (TLS with a throwaway CA, password
-# file, ACL with pattern rules), real paho clients, the real FleetAgent with a FakeDaemon
-# standing in for the data plane, and the `lanmesh fleet` CLI as an operator runs it.
+# file, ACL with pattern rules), whole daemons in-process (lanmesh_lab.inprocess: a
+# recording backend instead of WireGuard, loopback mesh sockets that a test can cut) with
+# their real fleet agents, and the `lanmesh fleet` CLI as an operator runs it.
 import contextlib
 import json
 import logging
@@ -13,12 +14,13 @@ import time
 
 import pytest
 
-from lanmesh import aio, keys, netdoc
+from lanmesh import keys, netdoc
+from lanmesh.adapters.udp import host_of
 from lanmesh.config import parse_config
-from lanmesh.errors import DocumentError
 from lanmesh.fleet import agent as agent_mod
 from lanmesh.fleet import signing, topics
 from lanmesh.operator import brokerconf, controller
+from lanmesh_lab.inprocess import Background
 from mqtt_broker import Broker, make_ca
 
 FIRMWARE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "firmware"))
@@ -27,58 +29,12 @@ NODES = ("hq", "branch", "shop")
 log = logging.getLogger("test-fleet")
 
 
-class FakeDaemon:
-    """The daemon hooks the agent uses: document, apply_document, links_up, status."""
-
-    def __init__(self, name, document=None):
-        self.name = name
-        self.document = document
-        self.applied = []
-        self.links = {}          # version → (up, total); default (2, 2)
-        self.on_apply = None
-
-    async def apply_document(self, doc):
-        if doc.node(self.name) is None:
-            raise DocumentError([f"node {self.name!r} is not in the document"])
-        if self.on_apply:
-            self.on_apply(doc)
-        self.applied.append(doc.version)
-        self.document = doc
-
-    def links_up(self):
-        return self.links.get(self.document.version if self.document else None, (2, 2))
-
-    def status(self):
-        up, total = self.links_up()
-        return {"node": self.name, "version": self.document and self.document.version,
-                "peers": [], "links": [{"peer": f"p{i}", "up": i < up, "rtt_ms": 1.0, "loss": 0}
-                                       for i in range(total)],
-                "routes": [{"prefix": "198.19.9.0/24", "via": None}]}
-
-
-class AgentThread:
-    """A FleetAgent on its own asyncio loop in a thread, as the daemon would run it."""
-
-    def __init__(self, cfg, daemon, **kw):
-        kw.setdefault("settle_ms", 300)
-        kw.setdefault("backoff", (1, 2))
-        self.agent = agent_mod.FleetAgent(cfg, daemon, log, **kw)
-        self.error = None
-        self.thread = threading.Thread(target=self._main, daemon=True)
-        self.thread.start()
-
-    def _main(self):
-        try:
-            aio.run(self.agent.run())
-        except BaseException as e:  # surfaced by stop()
-            self.error = e
-
-    def stop(self):
-        self.agent.close()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-        if self.error:
-            raise self.error
+def sites(fleet, *names, **kw):
+    """Whole daemons for `names` (in-process: a recording backend and loopback mesh
+    sockets), their fleet agents talking to the real broker; stopped by the fixture."""
+    b = Background([fleet.cfg(n) for n in names], **kw)
+    fleet.running.append(b)
+    return b
 
 
 @pytest.fixture
@@ -104,25 +60,29 @@ def fleet(tmp_path):
     f = F()
     f.fd, f.broker, f.passwords, f.tmp = fd, broker, passwords, tmp_path
     f.opts = fd.broker_options()
-    f.cfg = lambda name: node_cfg(tmp_path, name, fd, broker, passwords[name])
-    agents = []
-    f.agent = lambda cfg, daemon, **kw: agents.append(AgentThread(cfg, daemon, **kw)) or agents[-1]
+    f.cfg = lambda name, **kw: node_cfg(tmp_path, name, fd, broker, passwords[name], privs[name], **kw)
+    f.running = []
     try:
         yield f
     finally:
-        for a in agents:
-            a.stop()
+        for b in f.running:
+            b.stop()
         broker.stop()
 
 
-def node_cfg(tmp, name, fd, broker, password):
+def node_cfg(tmp, name, fd, broker, password, private_key, keepalive=30):
     d = tmp / name
-    d.mkdir(exist_ok=True)
-    (d / "mqtt.pass").write_text(password + "\n")
-    return parse_config({"name": name, "state_dir": str(d / "state"), "fleet": {
-        "name": "acme", "public_key": fd.public_key(), "broker": broker.url,
-        "ca_file": broker.ca_file, "username": name, "password_file": "mqtt.pass"}},
-        str(d / "node.json"))
+    if not d.exists():
+        d.mkdir()
+        (d / "mqtt.pass").write_text(password + "\n")
+        keys.write_private_key(str(d / "private.key"), private_key)
+    return parse_config({"name": name, "interface": "lmf-" + name, "private_key_file": "private.key",
+                         "document": "network.json", "state_dir": "state", "run_dir": "run",
+                         "fleet": {"name": "acme", "public_key": fd.public_key(),
+                                   "broker": broker.url, "ca_file": broker.ca_file,
+                                   "username": name, "password_file": "mqtt.pass",
+                                   "keepalive": keepalive}},
+                        str(d / "node.json"))
 
 
 class Watcher(controller.BrokerSession):
@@ -168,15 +128,18 @@ def signed(doc, key=None, fd=None):
 def test_publish_apply_confirm_last_good_and_status(fleet):
     w = Watcher(fleet)
     cfg = fleet.cfg("hq")
-    d = FakeDaemon("hq")
-    fleet.agent(cfg, d)
+    b = sites(fleet, "hq", "branch")
+    hq = b.daemons[0]
     w.wait(lambda: w.messages.get(topics.state(PREFIX, "hq")) == b"online", what="hq online")
+    assert hq.document is None                      # provisioned, waiting for the fleet's
 
     r = lanmesh("fleet", "publish", "--dir", fleet.fd.path)
     assert r.returncode == 0, r.stderr
     assert "v- -> v1" in r.stdout and "+ node hq" in r.stdout and "published v1" in r.stdout
     w.wait(lambda: w.reported("hq").get("applied_version") == 1, what="v1 applied")
-    assert d.applied == [1]
+    assert b.applied[0] == [1] and hq.document.version == 1
+    assert set(b.backends[0].applied[-1].peers) == {
+        fleet.fd.registry.node("branch")["public_key"], fleet.fd.registry.node("shop")["public_key"]}
     assert agent_mod.load_last_good(cfg).version == 1
     assert os.stat(cfg.last_good_document).st_mode & 0o777 == 0o600
 
@@ -187,9 +150,12 @@ def test_publish_apply_confirm_last_good_and_status(fleet):
     rep = w.wait(lambda: w.reported("hq").get("applied_version") == 2 and w.reported("hq"),
                  what="v2 applied")
     log.info("publish→confirmed v2 in %.2fs", time.monotonic() - t0)
-    assert "shop" not in d.document.nodes
-    assert rep["rollback"] is None and rep["links_up"] == [2, 2] and rep["software"]
-    assert rep["routes"] and rep["links"]
+    assert "shop" not in hq.document.nodes and b.applied[0] == [1, 2]
+    assert rep["rollback"] is None and rep["software"]
+    rep = w.wait(lambda: w.reported("hq").get("links_up") == [1, 1] and w.reported("hq"),
+                 what="hq's report: its one link up")
+    assert [x["peer"] for x in rep["links"] if x["up"]] == ["branch"]
+    assert {x["node"] for x in rep["routes"]} == {"branch"}
     good = agent_mod.load_last_good(cfg)
     assert good.version == 2
 
@@ -197,9 +163,9 @@ def test_publish_apply_confirm_last_good_and_status(fleet):
     assert r.returncode == 0, r.stderr
     rows = {x["node"]: x for x in json.loads(r.stdout)}
     assert rows["hq"]["state"] == "online" and rows["hq"]["applied_version"] == 2
-    assert rows["branch"]["state"] == "never seen" and "shop" not in rows
+    assert rows["branch"]["state"] == "online" and "shop" not in rows
     r = lanmesh("fleet", "status", "--dir", fleet.fd.path)
-    assert "hq" in r.stdout and "online" in r.stdout and "2/2 up" in r.stdout
+    assert "hq" in r.stdout and "online" in r.stdout and "1/1 up" in r.stdout
 
     dry = lanmesh("fleet", "publish", "--dir", fleet.fd.path, "--dry-run")
     assert dry.returncode == 0 and "v2 -> v3" in dry.stdout and "dry run" in dry.stdout
@@ -209,19 +175,20 @@ def test_publish_apply_confirm_last_good_and_status(fleet):
 
 def test_bad_documents_rejected_with_reason_nothing_applied(fleet):
     w = Watcher(fleet)
-    d = FakeDaemon("hq")
-    fleet.agent(fleet.cfg("hq"), d)
+    b = sites(fleet, "hq")
+    hq = b.daemons[0]
     publish_next(fleet)
     v2 = publish_next(fleet)
     w.wait(lambda: w.reported("hq").get("applied_version") == 2, what="v2 applied")
-    assert d.applied == [1, 2]
+    assert b.applied[0][-1] == 2
+    before = list(b.applied[0])
     net = topics.net(PREFIX)
 
     def reject(payload, reason):
         w.publish(net, payload, retain=True)
         w.wait(lambda: any(reason in x["reason"] for x in w.reported("hq").get("rejected", [])),
                what=f"rejection {reason!r}")
-        assert d.applied == [1, 2] and d.document.version == 2
+        assert b.applied[0] == before and hq.document.version == 2
 
     tampered = json.loads(signed(dict(v2, version=3), fd=fleet.fd))
     tampered["doc"]["nodes"][0]["endpoints"] = ["198.18.9.9:51820"]
@@ -247,25 +214,24 @@ def test_bad_documents_rejected_with_reason_nothing_applied(fleet):
 def test_broker_unreachable_after_apply_rolls_back(fleet):
     w = Watcher(fleet)
     cfg = fleet.cfg("hq")
-    d = FakeDaemon("hq")
-    fleet.agent(cfg, d)
+
+    def cut_broker(i, doc):      # the new configuration "cuts" the node off the broker
+        if doc.version == 2:
+            fleet.broker.stop()
+    b = sites(fleet, "hq", before_apply=cut_broker)
     publish_next(fleet)
     w.wait(lambda: w.reported("hq").get("applied_version") == 1, what="v1 applied")
     w.close()
-
-    def cut_broker(doc):         # the new configuration "cuts" the node off the broker
-        if doc.version == 2:
-            fleet.broker.stop()
-    d.on_apply = cut_broker
     doc, env, _, _ = controller.prepare(fleet.fd)
     with controller.BrokerSession(fleet.opts) as s:
         s.publish(topics.net(PREFIX), env, retain=True)
     t0 = time.monotonic()
-    while d.applied[-1:] != [1] or len(d.applied) < 3:
-        assert time.monotonic() - t0 < 15, d.applied
+    while b.applied[0][-1:] != [1] or len(b.applied[0]) < 3:
+        assert time.monotonic() - t0 < 15, b.applied
         time.sleep(0.1)
     waited = time.monotonic() - t0
-    assert d.applied == [1, 2, 1] and 5 <= waited < 12, (d.applied, waited)
+    assert b.applied[0] == [1, 2, 1] and 5 <= waited < 12, (b.applied, waited)
+    assert b.daemons[0].document.version == 1
     assert agent_mod.load_last_good(cfg).version == 1
     fleet.broker.start()         # the broker comes back: the node reports what happened
     w = Watcher(fleet)
@@ -274,22 +240,30 @@ def test_broker_unreachable_after_apply_rolls_back(fleet):
     assert "broker not reachable within the 5s confirm window" in rep["rollback"]["reason"]
     assert rep["applied_version"] == 1 and rep["pending_version"] is None
     time.sleep(1.0)              # the retained v2 came again on reconnect: not re-applied
-    assert d.applied == [1, 2, 1]
+    assert b.applied[0] == [1, 2, 1]
     w.close()
 
 
 def test_all_links_lost_after_apply_rolls_back(fleet):
+    """v2 cuts hq off the mesh (here: the loopback "tunnel" between the sites is cut as v2
+    is applied): hq's own mesh links go down, and it rolls back by itself."""
     w = Watcher(fleet)
-    d = FakeDaemon("hq")
-    d.links = {2: (0, 2)}
-    fleet.agent(fleet.cfg("hq"), d)
+    cut = []
+
+    def cut_links(i, doc):
+        if i == 0 and doc.version == 2:   # the mesh runs between overlay IPv6 addresses
+            cut.append(frozenset(host_of(doc.node(n).ipv6) for n in ("hq", "branch")))
+            b.net.cut.add(cut[0])
+    b = sites(fleet, "hq", "branch", before_apply=cut_links)
     publish_next(fleet)
-    w.wait(lambda: w.reported("hq").get("applied_version") == 1, what="v1 applied")
+    w.wait(lambda: w.reported("hq").get("applied_version") == 1
+           and w.reported("hq").get("links_up") == [1, 2], what="v1 applied, branch's link up")
     publish_next(fleet)
     rep = w.wait(lambda: w.reported("hq").get("rollback") and w.reported("hq"), timeout=12,
                  what="rollback reported")
-    assert "all 2 mesh links lost after the apply" in rep["rollback"]["reason"]
-    assert d.applied == [1, 2, 1] and rep["applied_version"] == 1
+    assert cut and cut[0] in b.net.cut
+    assert "mesh links lost after the apply" in rep["rollback"]["reason"], rep
+    assert b.applied[0] == [1, 2, 1] and rep["applied_version"] == 1
     w.close()
 
 
@@ -373,25 +347,20 @@ def test_another_nodes_client_id_cannot_kick_it_off(fleet, tmp_path):
 
 
 NODE_PROC = r"""
-import json, logging, sys
-from lanmesh import aio
+import json, sys
 from lanmesh.config import parse_config
-from lanmesh.fleet.agent import FleetAgent
-sys.path.insert(0, sys.argv[2])
-from test_fleet_mqtt import FakeDaemon
+from lanmesh_lab.inprocess import Background
 a = json.loads(sys.argv[1])
-logging.basicConfig(level=logging.INFO)
-cfg = parse_config(a["cfg"], a["path"])
-aio.run(FleetAgent(cfg, FakeDaemon(cfg.name), logging.getLogger(), keepalive=2).run())
+Background([parse_config(a["cfg"], a["path"])]).thread.join()
 """
 
 
 def test_last_will_sigkill_shows_lost_in_status(fleet):
-    cfg = fleet.cfg("branch")
+    cfg = fleet.cfg("branch", keepalive=2)
     w = Watcher(fleet)
     env = dict(os.environ, PYTHONPATH=FIRMWARE)
     proc = subprocess.Popen([sys.executable, "-c", NODE_PROC, json.dumps(
-        {"cfg": cfg.raw, "path": cfg.path}), os.path.dirname(os.path.abspath(__file__))],
+        {"cfg": cfg.raw, "path": cfg.path})],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         w.wait(lambda: w.messages.get(topics.state(PREFIX, "branch")) == b"online",
@@ -418,18 +387,18 @@ def test_last_will_sigkill_shows_lost_in_status(fleet):
 def test_missing_password_file_disables_fleet_but_not_the_node(fleet, caplog):
     cfg = fleet.cfg("hq")
     os.unlink(cfg.fleet["password_file"])
-    a = agent_mod.FleetAgent(cfg, FakeDaemon("hq"), log)
     with caplog.at_level(logging.ERROR):
-        aio.run(a.run())
+        b = sites(fleet, "hq")
+        time.sleep(0.5)
     assert "fleet: disabled" in caplog.text and "cannot read password file" in caplog.text
-    a.close()
+    assert b.alive() and b.daemons[0].status()["fleet_state"]["connected"] is False
 
 
 def test_wrong_password_is_retried_without_crashing(fleet):
     cfg = fleet.cfg("hq")
     with open(cfg.fleet["password_file"], "w") as fh:
         fh.write("wrong\n")
-    t = AgentThread(cfg, FakeDaemon("hq"))
+    b = sites(fleet, "hq")
     time.sleep(1.5)
-    assert t.thread.is_alive() and not t.agent.core.connected
-    t.stop()
+    fs = b.daemons[0].status()["fleet_state"]
+    assert b.alive() and fs["connected"] is False and "not authorized" in fs["broker_error"], fs

@@ -366,7 +366,8 @@ class Daemon:
                 tasks.append(self._mesh_task)
             if self.cfg.fleet:
                 from .fleet.agent import FleetAgent
-                self.fleet = FleetAgent(self.cfg, self, log)
+                self.fleet = FleetAgent(self.cfg, self, log,
+                                        keepalive=self.cfg.fleet.get("keepalive") or 30)
                 if self.mesh is not None:
                     self.mesh.on_links = self.fleet.links_counted
                 tasks.append(aio.create_task(self.fleet.run()))

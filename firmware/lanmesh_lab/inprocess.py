@@ -76,13 +76,16 @@ class RecordingBackend:
         pass
 
 
-def running(cfgs, net, body):
-    """Run the daemons of `cfgs` on one loop, await body(daemons, backends), stop them."""
+def running(cfgs, net, body, spy=None):
+    """Run the daemons of `cfgs` on one loop, await body(daemons, backends), stop them.
+    spy(i, daemon), if given, may instrument each daemon before it starts."""
     async def main():
         backends = [RecordingBackend() for _ in cfgs]
         daemons = [Daemon(c, backend=b, mesh_socket=lambda *a: FakeMeshSocket(net, *a))
                    for c, b in zip(cfgs, backends)]
-        for d in daemons:
+        for i, d in enumerate(daemons):
+            if spy is not None:
+                spy(i, d)
             d.start()
         tasks = [aio.create_task(d.run()) for d in daemons]
         await aio.sleep(0)              # each run() has begun (a stop before that is lost)
@@ -93,6 +96,60 @@ def running(cfgs, net, body):
                 d.request_stop()
             await aio.gather(*tasks, return_exceptions=True)
     aio.run(main())
+
+
+class Background:
+    """The daemons of `cfgs` on one loop in a thread, for tests whose body is synchronous
+    (a broker, the CLI in a subprocess, polling). applied[i]: the document versions daemon
+    i applied, in order; before_apply(i, doc) runs on the loop just before each apply."""
+
+    def __init__(self, cfgs, net=None, before_apply=None):
+        self.net = net or FakeNet()
+        self.before_apply = before_apply
+        self.daemons = self.backends = None
+        self.applied = [[] for _ in cfgs]
+        self.error = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(cfgs,), daemon=True)
+        self.thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("in-process daemons did not start")
+        if self.error:
+            raise self.error
+
+    def _spy(self, i, d):
+        apply = d.apply_document
+
+        async def recorded(doc):
+            if self.before_apply:
+                self.before_apply(i, doc)
+            await apply(doc)
+            self.applied[i].append(doc.version)
+        d.apply_document = recorded
+
+    def _main(self, cfgs):
+        async def body(daemons, backends):
+            self.daemons, self.backends = daemons, backends
+            self._ready.set()
+            while not self._stop.is_set():
+                await aio.sleep(0.05)
+        try:
+            running(cfgs, self.net, body, spy=self._spy)
+        except BaseException as e:  # surfaced by stop()
+            self.error = e
+            self._ready.set()
+
+    def alive(self):
+        return self.thread.is_alive()
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(15)
+        if self.thread.is_alive():
+            raise TimeoutError("in-process daemons did not stop")
+        if self.error:
+            raise self.error
 
 
 def make_sites(tmp_path, n=3, probe_interval_ms=100):

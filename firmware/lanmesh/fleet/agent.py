@@ -75,10 +75,14 @@ class Signed:
 
 
 class FleetAgent:
-    def __init__(self, cfg, daemon, log, keepalive=30, settle_ms=2000,
+    """node: the router this agent serves, with .document, async .apply_document(doc),
+    .links_up() and .status() (the Daemon; in benchmarks a stand-in). It executes the
+    core's Apply/RollBack there and reads links and status for reports; nothing else."""
+
+    def __init__(self, cfg, node, log, keepalive=30, settle_ms=2000,
                  report_every_ms=REPORT_EVERY_MS, backoff=(1, 30)):
         self.cfg = cfg
-        self.daemon = daemon
+        self.node = node
         self.log = log
         self.fleet = cfg.fleet
         self.prefix = self.fleet.get("topic_prefix") or topics.prefix_for(self.fleet["name"])
@@ -107,8 +111,8 @@ class FleetAgent:
         return floor
 
     def _current(self):
-        """What the daemon runs now, as the core's (version, payload, digest)."""
-        doc = self.daemon.document
+        """What the router runs now, as the core's (version, payload, digest)."""
+        doc = self.node.document
         if doc is None:
             return None
         try:
@@ -244,7 +248,7 @@ class FleetAgent:
         """The links as they are now: when a document arrives and once it is applied (after
         that, links_counted keeps the core up to date)."""
         try:
-            up, total = self.daemon.links_up()
+            up, total = self.node.links_up()
         except LanmeshError:
             return []
         return self.core.handle(sync.LinksCounted(up, total), now)
@@ -259,7 +263,7 @@ class FleetAgent:
             elif t is sync.RollBack:
                 self.log.warning("fleet: rolling back to v%s: %s", e.version, e.reason)
                 try:
-                    await self.daemon.apply_document(e.payload.doc)
+                    await self.node.apply_document(e.payload.doc)
                 except LanmeshError as err:
                     self.log.error("fleet: rollback failed: %s", err)
                     effects += self.core.handle(sync.RollbackFailed(str(err)), now)
@@ -274,7 +278,7 @@ class FleetAgent:
     async def _apply(self, e, now):
         self.log.info("fleet: applying v%d (commit-confirmed)", e.version)
         try:
-            await self.daemon.apply_document(e.payload.doc)
+            await self.node.apply_document(e.payload.doc)
         except LanmeshError as err:
             self.log.error("fleet: apply of v%d failed, previous state kept: %s", e.version, err)
             return self.core.handle(sync.ApplyFailed(e.version, str(err)), now)
@@ -285,7 +289,7 @@ class FleetAgent:
              "software": __version__, "uptime": int(time.time() - self.started)}
         r.update(self.core.reported())
         try:
-            st = self.daemon.status()
+            st = self.node.status()
         except LanmeshError as err:
             st = {"error": str(err)}
         r["links"] = st.get("links", [])
