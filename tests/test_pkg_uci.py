@@ -15,7 +15,7 @@ FULL_NODE = {
               "broker": "mqtts://broker.example:8883", "ca_file": "/etc/lanmesh/ca.pem",
               "username": "hq", "password_file": "/etc/lanmesh/mqtt.pass",
               "cert_file": "/etc/lanmesh/hq.crt", "key_file": "/etc/lanmesh/hq.key",
-              "topic_prefix": "lanmesh/acme/", "min_version": 7},
+              "topic_prefix": "lanmesh/acme/", "min_version": 7, "keepalive": 60},
 }
 FULL_SERVICE = {"enabled": True, "lan_interface": "lan",
                 "lan_prefix": ["198.19.1.0/24", "fd00:1:1::/64"],
