@@ -48,6 +48,9 @@ class RouterStandIn:
     def status(self):
         return {"links": [], "routes": []}
 
+    def retire_previous_key(self):
+        pass
+
 
 class Timeline(controller.BrokerSession):
     """Controller-side subscriber: first time each node reports version v pending/applied."""

@@ -70,19 +70,19 @@ def fleet(tmp_path):
         broker.stop()
 
 
-def node_cfg(tmp, name, fd, broker, password, private_key, keepalive=30):
+def node_cfg(tmp, name, fd, broker, password, private_key, keepalive=30, fleet=None):
     d = tmp / name
     if not d.exists():
         d.mkdir()
         (d / "mqtt.pass").write_text(password + "\n")
         keys.write_private_key(str(d / "private.key"), private_key)
-    return parse_config({"name": name, "interface": "lmf-" + name, "private_key_file": "private.key",
-                         "document": "network.json", "state_dir": "state", "run_dir": "run",
-                         "fleet": {"name": "acme", "public_key": fd.public_key(),
-                                   "broker": broker.url, "ca_file": broker.ca_file,
-                                   "username": name, "password_file": "mqtt.pass",
-                                   "keepalive": keepalive}},
-                        str(d / "node.json"))
+    raw = {"name": name, "interface": "lmf-" + name, "private_key_file": "private.key",
+           "document": "network.json", "state_dir": "state", "run_dir": "run",
+           "fleet": {"name": "acme", "public_key": fd.public_key(), "broker": broker.url,
+                     "ca_file": broker.ca_file, "username": name, "password_file": "mqtt.pass",
+                     "keepalive": keepalive, **(fleet or {})}}
+    (d / "node.json").write_text(json.dumps(raw))   # for `lanmesh status --config`
+    return parse_config(raw, str(d / "node.json"))
 
 
 class Watcher(controller.BrokerSession):

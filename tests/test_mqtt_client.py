@@ -161,14 +161,8 @@ def test_failures_say_what_is_wrong(broker, tmp_path):
         closed.close()
         return ev[1]
     assert "connection refused" in aio.run(refused())
-    nowhere = mqtt.MqttLink("mqtt://no-such-broker.invalid:1883", "x", backoff=(0.2, 0.5))
-
-    async def unknown():
-        nowhere.start()
-        ev = await _expect(nowhere, mqtt.LOST, 20000)
-        nowhere.close()
-        return ev[1]
-    assert "cannot resolve no-such-broker.invalid" in aio.run(unknown())
+    # DNS, no route and no answer: tests/test_fleet_diagnosis.py, in a namespace with the
+    # lab's resolver (a lookup from here would leave the machine).
 
 
 def test_a_clean_close_publishes_the_final_state_not_the_will(broker):

@@ -15,7 +15,8 @@ FULL_NODE = {
               "broker": "mqtts://broker.example:8883", "ca_file": "/etc/lanmesh/ca.pem",
               "username": "hq", "password_file": "/etc/lanmesh/mqtt.pass",
               "cert_file": "/etc/lanmesh/hq.crt", "key_file": "/etc/lanmesh/hq.key",
-              "topic_prefix": "lanmesh/acme/", "min_version": 7, "keepalive": 60},
+              "topic_prefix": "lanmesh/acme/", "min_version": 7, "keepalive": 60,
+              "report_interval": 20},
 }
 FULL_SERVICE = {"enabled": True, "lan_interface": "lan",
                 "lan_prefix": ["198.19.1.0/24", "fd00:1:1::/64"],

@@ -8,10 +8,14 @@ from .keys import decode_key
 
 class AdvertKeys:
     def __init__(self, private_key_b64):
-        self._private = decode_key(private_key_b64, "private key")
+        self.use(private_key_b64)
         self._edwards = {}          # WireGuard public key text -> Ed25519 form (b"" if none)
         self.signed = 0
         self.verified = 0
+
+    def use(self, private_key_b64):
+        """A rekeyed node signs with its new key from the document that names it on."""
+        self._private = decode_key(private_key_b64, "private key")
 
     def sign(self, message):
         self.signed += 1

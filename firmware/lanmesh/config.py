@@ -23,7 +23,8 @@ DEFAULTS = {
     "fleet": None,
 }
 FLEET_KEYS = ("name", "public_key", "broker", "ca_file", "username", "password_file",
-              "cert_file", "key_file", "topic_prefix", "min_version", "keepalive")
+              "cert_file", "key_file", "topic_prefix", "min_version", "keepalive",
+              "report_interval")
 _PATH_KEYS = ("private_key_file", "document", "state_dir", "run_dir")
 _FLEET_PATH_KEYS = ("ca_file", "password_file", "cert_file", "key_file")
 
@@ -90,9 +91,10 @@ def parse_config(d, path=None):
             mv = fleet.get("min_version")
             if mv is not None and (not isinstance(mv, int) or isinstance(mv, bool) or mv < 1):
                 p.append(f"fleet.min_version: {mv!r} is not a positive integer")
-            ka = fleet.get("keepalive")
-            if ka is not None and (not isinstance(ka, int) or isinstance(ka, bool) or not 2 <= ka <= 3600):
-                p.append(f"fleet.keepalive: {ka!r} is not a number of seconds (2-3600)")
+            for k in ("keepalive", "report_interval"):
+                v = fleet.get(k)
+                if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 3600):
+                    p.append(f"fleet.{k}: {v!r} is not a number of seconds (2-3600)")
     if p:
         raise ConfigError(f"{where}: " + "; ".join(p))
     d = dict(d)

@@ -17,6 +17,7 @@ from .adapters.udp import ifindex
 from .errors import BackendError, DocumentError, LanmeshError
 from .keys import read_private_key, pubkey
 
+PREVIOUS_KEY = ".prev"   # beside the key file: the key a console rekey replaced
 SUPERVISE_MS = 1000      # document-file watch and mesh socket check (the applier supervises
                          # the backend itself, off the loop)
 log = getLogger("lanmesh")
@@ -34,6 +35,9 @@ class Daemon:
         self.mesh_socket = mesh_socket
         self.private_key = read_private_key(cfg.private_key_file)
         self.public_key = pubkey(self.private_key)
+        self._keys = {}                # public -> private: the keys this node may run with
+        self._configured = self.public_key   # the key in the configured key file
+        self._load_keys(cfg)
         self.document = None
         self.backend = backend
         self.link_state = None
@@ -65,35 +69,84 @@ class Daemon:
             err = e
         if self.cfg.fleet:
             from .fleet.agent import load_last_good
-            good = load_last_good(self.cfg)
+            good = load_last_good(self.cfg, log)
             if good is not None and (doc is None or good.version > doc.version):
                 log.info("starting on the last good fleet document v%d", good.version)
                 doc = good
         if doc is None:
             if not self.cfg.fleet:
                 raise err
-            log.warning("no network document yet (%s); waiting for fleet %s's from %s",
-                        "; ".join(err.problems), self.cfg.fleet["name"], self.cfg.fleet["broker"])
+            local = "" if not os.path.exists(self.cfg.document) else " (%s)" % "; ".join(err.problems)
+            log.warning("no network document yet%s; waiting for fleet %s's from %s",
+                        local, self.cfg.fleet["name"], self.cfg.fleet["broker"])
         return doc
 
+    # -- keys -----------------------------------------------------------------------------
+    def _load_keys(self, cfg):
+        """The configured key, and the one a console rekey replaced (<key file>.prev): the
+        node runs with whichever its document names, so a rekey never strands the site on
+        its last good document; the old key goes once a document with the new one is good."""
+        keys = {self.public_key: self.private_key} if cfg is self.cfg else {}
+        for path in (cfg.private_key_file, cfg.private_key_file + PREVIOUS_KEY):
+            try:
+                k = read_private_key(path)
+            except LanmeshError:
+                continue                    # absent (.prev), or the file says what is wrong
+            keys.setdefault(pubkey(k), k)
+            if path == cfg.private_key_file:
+                self._configured = pubkey(k)
+        self._keys.update(keys)
+        if cfg is not self.cfg:
+            self.cfg.private_key_file = cfg.private_key_file
+
+    def _key_for(self, doc):
+        me = doc.node(self.cfg.name)
+        if me.public_key not in self._keys:
+            # Rekeyed while running (the console committed a new key): read the config again.
+            try:
+                self._load_keys(self.load_config() if self.load_config else self.cfg)
+            except LanmeshError as e:
+                log.warning("re-reading the node's keys: %s", e)
+        return self._keys.get(me.public_key)
+
+    def retire_previous_key(self):
+        """The document that names this node's new key is good (confirmed): the key it
+        replaced is not needed any more."""
+        old = self.cfg.private_key_file + PREVIOUS_KEY
+        if self.public_key != self._configured or len(self._keys) == 1 and not os.path.exists(old):
+            return
+        for pub in [p for p in self._keys if p != self.public_key]:
+            del self._keys[pub]
+        try:
+            os.unlink(old)
+            log.info("rekey complete: the previous key %s is removed", old)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove the previous key %s: %s", old, e.strerror)
+
     def check_document(self, doc):
+        """→ the private key this node runs `doc` with; DocumentError if it has none."""
         if doc.node(self.cfg.name) is None:
             raise DocumentError([f"node {self.cfg.name!r} is not in the document "
                                  f"(nodes: {', '.join(sorted(doc.nodes))})"])
-        me = doc.node(self.cfg.name)
-        if me.public_key != self.public_key:
+        key = self._key_for(doc)
+        if key is None:
             raise DocumentError([f"node {self.cfg.name!r}: the document's public_key "
-                                 f"{me.public_key} does not match {self.cfg.private_key_file}"])
+                                 f"{doc.node(self.cfg.name).public_key} is not this node's "
+                                 f"(its key file {self.cfg.private_key_file} has {self.public_key})"])
+        return key
 
     async def apply_document(self, doc):
         """Reconcile the data plane and the mesh to `doc`, all or nothing: the mesh socket
         the document needs is bound first where it can be, the data plane is applied off the
         loop (the applier), and on any failure the previous document, data plane and socket
         stay (as far as the OS lets us); the error is raised."""
-        self.check_document(doc)
+        key = self.check_document(doc)
         sock = self.mesh.socket_for(doc) if self.mesh is not None else None
-        previous = self.document
+        previous, previous_key = self.document, self.private_key
         self.document = doc
+        self._use_key(key)
         try:
             try:
                 await self._reconcile()
@@ -108,6 +161,7 @@ class Daemon:
                 self._start_mesh()          # the first socket needs the tunnel device
         except LanmeshError:
             self.document = previous
+            self._use_key(previous_key)
             if sock is not None and sock is not self.mesh.sock:
                 sock.close()
             if previous is not None:
@@ -120,9 +174,19 @@ class Daemon:
             raise
         self.mesh.document_changed(doc, sock)
         self.document_applies += 1
+        if not self.cfg.fleet:
+            self.retire_previous_key()      # a local document takes effect as written
         log.info("applied document %s v%d: %d peers", doc.fleet, doc.version, len(doc.nodes) - 1)
         if getattr(self.cfg, "openwrt", False):
             self._firewall_follows(doc)
+
+    def _use_key(self, key):
+        if key == self.private_key:
+            return
+        self.private_key, self.public_key = key, pubkey(key)
+        log.info("running with key %s (the one the document names for this node)", self.public_key)
+        if self.mesh is not None:
+            self.mesh.keys.use(key)
 
     def _firewall_follows(self, doc):
         """OpenWrt: fw4's rules for our ports follow the document (off the loop: uci and a
@@ -224,11 +288,13 @@ class Daemon:
 
     async def reload_local(self):
         """SIGHUP or the document file changed: apply it if valid and different."""
+        if self.cfg.fleet and not os.path.exists(self.cfg.document):
+            return                  # a fleet router normally has no local document
         try:
             doc = netdoc.load(self.cfg.document)
             self.check_document(doc)
         except DocumentError as e:
-            self.rejected = e.problems
+            self.rejected = list(e.problems)
             for p in e.problems:
                 log.error("document rejected, mesh unchanged: %s", p)
             return
@@ -306,7 +372,15 @@ class Daemon:
         self._lock = runlock.acquire(self.cfg.run_dir, self.cfg.interface)   # before anything
         doc = self.initial_document()
         if doc is not None:
-            self.check_document(doc)
+            try:
+                self._use_key(self.check_document(doc))
+            except DocumentError as e:
+                # Never a crash loop over a document that disagrees with the key (a rekey
+                # half done, a copied config): run, say why, and take the next good one.
+                self.rejected = [f"v{doc.version} not applied: {p}" for p in e.problems]
+                for p in self.rejected:
+                    log.error("%s; waiting for a document that names this node's key", p)
+                doc = None
         if self.backend is None:
             self.backend = make_backend(self.cfg.backend, self.cfg.interface, log=log,
                                         run_dir=self.cfg.run_dir)

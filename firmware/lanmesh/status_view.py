@@ -34,12 +34,16 @@ def render(st):
         out.append("last document rejected: " + "; ".join(st["rejected"]))
     fleet = st.get("fleet_state")
     if fleet:
-        if fleet.get("connected"):
+        if fleet.get("connected") and fleet.get("broker_error"):
+            out.append(f"fleet broker {fleet.get('broker')}: connected, NOT working "
+                       f"({fleet['broker_error']})")
+        elif fleet.get("connected"):
             out.append(f"fleet broker {fleet.get('broker')}: connected")
         else:
             why = fleet.get("broker_error") or "connecting"
-            out.append(f"fleet broker {fleet.get('broker')}: NOT connected ({why}); "
-                       "the mesh keeps running on its last document")
+            out.append(f"fleet broker {fleet.get('broker')}: NOT connected ({why}); " +
+                       ("the mesh keeps running on its last document" if st.get("version")
+                        else "waiting for the fleet's first document"))
     out.append("")
     out.append(table([(p["name"], p["endpoint"] or "-", _age(p["last_handshake_age"]),
                        _bytes(p["rx"]), _bytes(p["tx"])) for p in st["peers"]],

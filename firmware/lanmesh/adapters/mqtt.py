@@ -8,6 +8,7 @@
 import collections
 import errno
 import ipaddress
+import os
 import socket
 import threading
 import time
@@ -21,6 +22,8 @@ CONNECTED = "connected"
 LOST = "lost"
 MESSAGE = "message"
 ACKED = "acked"
+CONNECT_TIMEOUT_MS = 4000   # a TCP connect that has no answer by then: "unreachable" (the
+                            # reason is known within 5 s; the backoff then retries)
 
 
 class MqttError(LanmeshError):
@@ -80,6 +83,7 @@ class MqttLink:
         self._kick = aio.Signal()
         self.connected = False
         self.last_error = None
+        self.subscribe_error = None # the broker refused a subscription (SUBACK 0x80)
         self.received = 0           # messages delivered to us, publishes we made (counters)
         self.published = 0
         self._next_id = 0
@@ -220,7 +224,7 @@ class MqttLink:
 
     def _on_connected(self):
         self.connected = True
-        self.last_error = None
+        self.last_error = self.subscribe_error = None
         if self._subs:
             self._out += self._subscribe(self._subs)
         for mid, (topic, payload, retain) in sorted(self._inflight.items()):
@@ -242,8 +246,10 @@ class MqttLink:
             asked = self._asked.pop(p[1], [])
             refused = [t for (t, _), code in zip(asked, p[2]) if code == 0x80]
             if refused:
-                self._say(f"fleet: the broker refused the subscription to {', '.join(refused)} "
-                          f"(its ACL does not allow this node these topics: wrong fleet name?)")
+                self.subscribe_error = (f"the broker refused the subscription to "
+                                        f"{', '.join(refused)} (its ACL does not allow this node "
+                                        f"these topics: wrong fleet name?)")
+                self._say("fleet: " + self.subscribe_error)
         elif kind == "connack":
             raise codec.ProtocolError("a second CONNACK")
 
@@ -257,12 +263,12 @@ class MqttLink:
                 err = sock.connect_ex(addr)
                 if err in (errno.EINPROGRESS, errno.EAGAIN):
                     try:
-                        await aio.wait_for_ms(aio.wait_writable(sock), 10000)
+                        await aio.wait_for_ms(aio.wait_writable(sock), CONNECT_TIMEOUT_MS)
                     except aio.TimeoutError:
                         raise OSError(errno.ETIMEDOUT, "connect timed out") from None
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
-                    raise OSError(err, errno.errorcode.get(err, str(err)))
+                    raise OSError(err, os.strerror(err))
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self._ctx is not None:
                     sock = await self._handshake(sock)

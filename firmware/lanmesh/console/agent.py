@@ -130,6 +130,10 @@ class Store:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp, mode=0o700)
         _write(os.path.join(tmp, "private.key"), private + "\n", 0o600)
+        if old_private and private != old_private:
+            # A rekey: the running router keeps the old key beside the new one until the
+            # fleet's document names the new key (lanmesh.daemon, PREVIOUS_KEY).
+            _write(os.path.join(tmp, "private.key.prev"), old_private + "\n", 0o600)
         from ..keys import pubkey
         record = {"lan": values.get("lan", []), "public_key": pubkey(private), "software": __version__}
         _write(os.path.join(tmp, "provision.json"), json.dumps(record, indent=2) + "\n", 0o644)

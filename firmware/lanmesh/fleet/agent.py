@@ -12,7 +12,9 @@ from ..errors import DocumentError, LanmeshError
 from ..ticks import ticks_add, ticks_diff, ticks_ms
 from . import signing, sync, topics
 
-REPORT_EVERY_MS = 30000    # refresh `reported` (links, last seen) this often
+REPORT_EVERY_MS = 30000    # refresh `reported` (links, last seen) this often (default)
+REPORT_GAP_MS = 2000       # a change is reported at once, but not more often than this
+ECHO_MS = 3000             # our own `online` must come back this soon after a connect
 
 
 def _read_last_good(cfg):
@@ -32,13 +34,25 @@ def _read_last_good(cfg):
 
 
 def load_last_good(cfg, log=None):
-    """The persisted last good fleet document, or None (absent or unusable)."""
+    """The persisted last good fleet document, or None (absent or unusable). One that no
+    longer verifies with the configured fleet key or name (the config was changed: a
+    mistake, or a fleet moved) is still run, with a warning: it is this router's own file,
+    verified when it was stored, and dropping it would take the site off the mesh."""
     try:
         got = _read_last_good(cfg)
     except LanmeshError as e:
+        try:
+            with open(cfg.last_good_document, "rb") as f:
+                doc = signing.stored_document(f.read(signing.MAX_ENVELOPE_BYTES + 1))
+        except (OSError, LanmeshError) as again:
+            if log is not None:
+                log.warning("last good document ignored: %s", again)
+            return None
         if log is not None:
-            log.warning("last good document ignored: %s", e)
-        return None
+            log.warning("last good document v%d no longer verifies for fleet %s (%s): running "
+                        "on it until a document that does arrives", doc.version,
+                        cfg.fleet["name"], e)
+        return doc
     return got[0] if got else None
 
 
@@ -76,18 +90,25 @@ class Signed:
 
 class FleetAgent:
     """node: the router this agent serves, with .document, async .apply_document(doc),
-    .links_up() and .status() (the Daemon; in benchmarks a stand-in). It executes the
+    .links_up(), .status() and .retire_previous_key() (the Daemon; in benchmarks a
+    stand-in). It executes the
     core's Apply/RollBack there and reads links and status for reports; nothing else."""
 
     def __init__(self, cfg, node, log, keepalive=30, settle_ms=2000,
-                 report_every_ms=REPORT_EVERY_MS, backoff=(1, 30)):
+                 report_every_ms=None, backoff=(1, 30)):
         self.cfg = cfg
         self.node = node
         self.log = log
         self.fleet = cfg.fleet
         self.prefix = self.fleet.get("topic_prefix") or topics.prefix_for(self.fleet["name"])
         self.keepalive = keepalive
-        self.report_every_ms = report_every_ms
+        self.report_every_ms = report_every_ms or (
+            (self.fleet.get("report_interval") or REPORT_EVERY_MS // 1000) * 1000)
+        self._reported_at = None        # when `reported` was last published
+        self._reported_links = None     # the links it said
+        self._echo_by = None            # deadline for our own `online` to come back
+        self.topic_problem = None       # connected, but the broker drops our topics
+        self.last_failure = None        # (reason, unix time): the last broker failure
         self.backoff = backoff
         self.started = time.time()
         self.link = None
@@ -128,7 +149,9 @@ class FleetAgent:
         s = self.core.reported()
         s["connected"] = self.core.connected
         s["broker"] = self.fleet.get("broker")
-        s["broker_error"] = self.link.last_error if self.link is not None else None
+        link = self.link
+        s["broker_error"] = link and (link.last_error or link.subscribe_error or
+                                      self.topic_problem) or None
         return s
 
     # -- the loop -------------------------------------------------------------------------
@@ -150,6 +173,9 @@ class FleetAgent:
                                  log=self.log)
             self.link.subscribe(topics.net(self.prefix))
             self.link.subscribe(topics.cmd(self.prefix, name))
+            # Our own `online` coming back proves the broker lets us write and read our
+            # topics: an ACL-denied (or wrong fleet name's) session is otherwise silent.
+            self.link.subscribe(topics.state(self.prefix, name))
             self.link.start()
         except LanmeshError as e:
             # The mesh keeps routing on what it has (DESIGN §2.3); only fleet control is off.
@@ -171,22 +197,43 @@ class FleetAgent:
             if ev is not None:
                 effects += self._on_event(ev, now)
             effects += self.core.tick(now)
+            self._check_echo(now)
             await self._run_effects(effects, now)
             if ticks_diff(now, self._next_report) >= 0:
                 await self._run_effects(self._count_links(now) + [sync.Report()], now)
 
     def _wait_ms(self, now):
         waits = [ticks_diff(self._next_report, now)]
+        if self._echo_by is not None:
+            waits.append(ticks_diff(self._echo_by, now))
         d = self.core.next_deadline()
         if d is not None:
             waits.append(ticks_diff(d, now))
         return max(0, min(waits))
 
     def links_counted(self, up, total):
-        """The mesh's links changed (called on the loop): a fact for the core."""
+        """The mesh's links changed (called on the loop): a fact for the core, and news for
+        the operator (reported soon, at most every REPORT_GAP_MS)."""
         self._facts.append(sync.LinksCounted(up, total))
+        if self._next_report is not None and (up, total) != self._reported_links:
+            soonest = ticks_ms() if self._reported_at is None else \
+                ticks_add(self._reported_at, REPORT_GAP_MS)
+            if ticks_diff(self._next_report, soonest) > 0:
+                self._next_report = soonest
         if self.link is not None:
             self.link.wake()
+
+    def _check_echo(self, now):
+        if self._echo_by is None or ticks_diff(now, self._echo_by) < 0:
+            return
+        self._echo_by = None
+        t = topics.state(self.prefix, self.cfg.name)
+        self.topic_problem = (
+            f"connected, but the broker does not deliver this node's own messages back "
+            f"(published {t}, never received): it drops them. Check the fleet name "
+            f"({self.fleet['name']}: topics under {self.prefix}) and the broker's ACL for "
+            f"user {self.fleet.get('username') or self.cfg.name}")
+        self.log.warning("fleet: %s", self.topic_problem)
 
     def close(self):
         if self._closed:
@@ -204,9 +251,17 @@ class FleetAgent:
             self.log.info("fleet: broker connected")
             self.link.publish(topics.state(self.prefix, self.cfg.name), topics.STATE_ONLINE,
                               qos=1, retain=True)
+            self._echo_by = ticks_add(now, ECHO_MS)
             return self.core.handle(sync.BrokerConnected(), now)
         if kind == mqtt.LOST:
-            self.log.warning("fleet: broker connection lost (%s); retrying with backoff", ev[1])
+            was = self.core.connected
+            self.last_failure = (ev[1], int(time.time()))
+            self._echo_by = None
+            if was:
+                self.log.warning("fleet: broker connection lost (%s); retrying with backoff", ev[1])
+            else:
+                self.log.warning("fleet: cannot connect to %s: %s (retrying with backoff)",
+                                 self.fleet["broker"], ev[1])
             return self.core.handle(sync.BrokerLost(), now)
         if kind == mqtt.ACKED:
             if ev[1] in self._probe_mids:
@@ -216,6 +271,13 @@ class FleetAgent:
         topic, payload = ev[1], ev[2]
         if topic == topics.net(self.prefix):
             return self._on_document(payload, now)
+        if topic == topics.state(self.prefix, self.cfg.name):
+            if payload == topics.STATE_ONLINE.encode() and not ev[3]:   # live, not retained
+                self._echo_by = None
+                if self.topic_problem:
+                    self.log.info("fleet: the broker delivers this node's messages again")
+                self.topic_problem = None
+            return []
         parsed = topics.parse_node_topic(self.prefix, topic)
         if parsed and parsed[1].startswith("cmd/"):
             # Signed commands arrive in a later issue; answer so the operator is not left waiting.
@@ -272,6 +334,7 @@ class FleetAgent:
             elif t is sync.SaveLastGood:
                 write_atomic(self.cfg.last_good_document, e.payload.envelope, mode=0o600)
                 self.log.info("fleet: v%d confirmed and saved as last good", e.version)
+                self.node.retire_previous_key()
             elif t is sync.Report:
                 self._report(now)
 
@@ -286,7 +349,10 @@ class FleetAgent:
 
     def reported(self):
         r = {"node": self.cfg.name, "fleet": self.fleet["name"], "time": int(time.time()),
-             "software": __version__, "uptime": int(time.time() - self.started)}
+             "software": __version__, "uptime": int(time.time() - self.started),
+             "report_interval": self.report_every_ms // 1000,
+             "broker_last_error": self.last_failure and {"reason": self.last_failure[0],
+                                                         "at": self.last_failure[1]}}
         r.update(self.core.reported())
         try:
             st = self.node.status()
@@ -301,6 +367,7 @@ class FleetAgent:
         self._next_report = ticks_add(now, self.report_every_ms)
         if self.link is None:
             return
+        self._reported_at, self._reported_links = now, self.core.links
         mid = self.link.publish(topics.reported(self.prefix, self.cfg.name),
                                 json.dumps(self.reported(), separators=(",", ":")),
                                 qos=1, retain=True)

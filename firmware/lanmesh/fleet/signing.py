@@ -118,6 +118,21 @@ def open_envelope(data, pubkey_b64, limit=MAX_ENVELOPE_BYTES):
     return env["doc"]
 
 
+def stored_document(data, limit=MAX_ENVELOPE_BYTES):
+    """bytes of an envelope this node verified and stored itself (last-good) → its
+    NetworkDocument, validated but not verified again: for when the configured fleet key
+    or name changed, so that a mistake there never takes the site off the mesh."""
+    try:
+        env = boundjson.loads(data, limit, "last good document")
+    except boundjson.JsonError as e:
+        raise DocumentError([str(e)]) from None
+    doc = env.get("doc") if isinstance(env, dict) else None
+    problems = netdoc.validate(doc) if isinstance(doc, dict) else ["not a signed envelope"]
+    if problems:
+        raise DocumentError(problems)
+    return netdoc.NetworkDocument(doc)
+
+
 def verify_document(data, pubkey_b64, limit=MAX_ENVELOPE_BYTES):
     """bytes → NetworkDocument: signature first, then validation.
     Raises SignatureError or DocumentError; the message is the reason to report."""

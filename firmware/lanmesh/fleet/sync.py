@@ -244,6 +244,8 @@ class NodeSync:
             self.applied = (p.version, p.payload, p.digest)
             self.pending = None
             self.rollback = None
+            # What was refused before a newer version took effect is history, not news.
+            self.rejected = [e for e in self.rejected if e[0] is not None and e[0] > p.version]
             return [SaveLastGood(p.version, p.payload), Report()]
         if since < p.window_ms:
             return []
