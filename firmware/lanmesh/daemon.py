@@ -470,6 +470,9 @@ class Daemon:
                 pass
             self.applier.close()
             self.backend.close()
+            if self._lock is not None:
+                os.close(self._lock)        # the interface is free again (a restart in-process)
+                self._lock = None
             log.info("stopped; interface %s removed", self.cfg.interface)
 
 

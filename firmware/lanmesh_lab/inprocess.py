@@ -2,13 +2,14 @@
 # backend instead of WireGuard, and mesh sockets that are real UDP sockets on loopback with
 # a fake "tunnel" in between that a test or benchmark can cut. No root, no namespaces.
 import json
+import os
 import socket
 import threading
 import time
 
 from lanmesh import aio
 from lanmesh.adapters.udp import host_of
-from lanmesh.config import parse_config
+from lanmesh.config import load_config, parse_config
 from lanmesh.daemon import Daemon
 from lanmesh.keys import genkey, pubkey, write_private_key
 
@@ -76,13 +77,21 @@ class RecordingBackend:
         pass
 
 
+def _reader(cfg):
+    """The config file, re-read as `lanmesh run` would on SIGHUP or a rekey; None when the
+    config exists only in memory."""
+    if cfg.path and os.path.exists(cfg.path):
+        return lambda: load_config(cfg.path)
+    return None
+
+
 def running(cfgs, net, body, spy=None):
     """Run the daemons of `cfgs` on one loop, await body(daemons, backends), stop them.
     spy(i, daemon), if given, may instrument each daemon before it starts."""
     async def main():
         backends = [RecordingBackend() for _ in cfgs]
-        daemons = [Daemon(c, backend=b, mesh_socket=lambda *a: FakeMeshSocket(net, *a))
-                   for c, b in zip(cfgs, backends)]
+        daemons = [Daemon(c, backend=b, mesh_socket=lambda *a: FakeMeshSocket(net, *a),
+                          load_config=_reader(c)) for c, b in zip(cfgs, backends)]
         for i, d in enumerate(daemons):
             if spy is not None:
                 spy(i, d)

@@ -6,7 +6,7 @@ import socket
 import struct
 
 from . import codec
-from .codec import MalformedReply, NetlinkError, get_bytes, get_string, get_u
+from .codec import MalformedReply, NetlinkError, get_bytes, get_u
 
 NETLINK_GENERIC = 16
 GENL_ID_CTRL, CTRL_CMD_GETFAMILY = 16, 3

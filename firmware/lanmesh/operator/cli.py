@@ -58,6 +58,17 @@ def register(sub, groups):
                         "are blind, a relay routes that traffic in the clear: see README)")
     fleet_dir(s)
     s.set_defaults(func=cmd_node_add)
+    s = ns.add_parser("set", help="change a node in place (its overlay addresses stay)")
+    s.add_argument("name")
+    s.add_argument("--public-key", help="a new WireGuard public key (after a rekey)")
+    s.add_argument("--lan", action="append", help="site prefix (repeatable; replaces the list)")
+    s.add_argument("--no-lan", action="store_true", help="no site prefixes")
+    s.add_argument("--endpoint", action="append", help="host:port (repeatable; replaces the list)")
+    s.add_argument("--no-endpoint", action="store_true", help="no endpoints (behind NAT)")
+    s.add_argument("--relay", dest="relay", action="store_true", default=None)
+    s.add_argument("--no-relay", dest="relay", action="store_false")
+    fleet_dir(s)
+    s.set_defaults(func=cmd_node_set)
     s = ns.add_parser("remove", help="revoke a node: the next published document drops it")
     s.add_argument("name")
     fleet_dir(s)
@@ -66,6 +77,12 @@ def register(sub, groups):
     fleet_dir(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_node_list)
+
+    s = fs.add_parser("config", help="show or store the controller's broker settings "
+                      "(broker=URL ca=FILE controller_broker=URL username=NAME password_file=FILE)")
+    s.add_argument("changes", nargs="*", metavar="KEY=VALUE")
+    fleet_dir(s)
+    s.set_defaults(func=cmd_config)
 
     s = fs.add_parser("settings", help="show or change document settings (KEY=VALUE ...)")
     s.add_argument("changes", nargs="*", metavar="KEY=VALUE")
@@ -82,6 +99,8 @@ def register(sub, groups):
     fleet_dir(s)
     broker_args(s)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--wide", action="store_true", help="whole reasons, and each node's last "
+                   "broker problem")
     s.add_argument("--watch", action="store_true", help="keep watching; redraw on changes")
     s.add_argument("--wait", type=float, default=0.5, help="seconds of quiet that end collection")
     s.set_defaults(func=cmd_status)
@@ -169,16 +188,69 @@ def cmd_node_add(args):
     return 0
 
 
+def cmd_node_set(args):
+    fd = _fd(args)
+    lan = [] if args.no_lan else args.lan
+    endpoints = [] if args.no_endpoint else args.endpoint
+    old, new = fd.registry.set_node(args.name, public_key=args.public_key, lan=lan,
+                                    endpoints=endpoints, relay=args.relay)
+    changes = [f"{k}: {json.dumps(old[k])} -> {json.dumps(new[k])}" for k in sorted(new)
+               if old[k] != new[k]]
+    if not changes:
+        print(f"node {args.name}: nothing changed")
+        return 0
+    print(f"node {args.name} ({', '.join(new['address'])}, kept):")
+    for c in changes:
+        print("  " + c)
+    print("run `lanmesh fleet publish` to send it to the fleet")
+    return 0
+
+
+CONFIG_KEYS = {"broker": "broker", "ca": "ca_file", "ca_file": "ca_file",
+               "controller_broker": "controller_broker", "username": "username",
+               "password_file": "password_file"}
+
+
+def cmd_config(args):
+    from ..adapters.mqtt import parse_broker
+    from .registry import RegistryError
+    fd = _fd(args)
+    reg = fd.registry
+    for c in args.changes:
+        k, sep, v = c.partition("=")
+        if not sep or k not in CONFIG_KEYS:
+            raise LanmeshError(f"{c!r}: expected KEY=VALUE with KEY one of "
+                               f"{', '.join(sorted(set(CONFIG_KEYS) - {'ca_file'}))}")
+        key = CONFIG_KEYS[k]
+        if v and key.endswith("broker"):
+            parse_broker(v)
+        if v and key.endswith("_file"):
+            if not os.path.isfile(v):
+                raise LanmeshError(f"{k}: {v}: no such file")
+            v = os.path.abspath(v)
+        old = reg.get(key)
+        reg.set(key, v)
+        problems = reg.lan_conflicts(reg.nodes())
+        if problems:
+            reg.set(key, old or "")
+            raise RegistryError("; ".join(problems))
+    from .controller import BROKER_KEYS
+    for key in BROKER_KEYS + ("controller_broker",):
+        print(f"{key:<18} {reg.get(key) or '-'}")
+    return 0
+
+
 def cmd_node_remove(args):
     fd = _fd(args)
     fd.registry.remove_node(args.name)
-    print(f"node {args.name} removed; the next `lanmesh fleet publish` revokes it "
+    print(f"node {args.name} removed; the next `lanmesh fleet publish` revokes it and clears "
+          f"its retained state on the broker "
           f"(re-run `fleet broker-config` to drop its broker account)")
     return 0
 
 
 def cmd_node_list(args):
-    nodes = _fd(args).registry.nodes()
+    nodes = sorted(_fd(args).registry.nodes(), key=lambda n: n["name"])
     if args.json:
         print(json.dumps(nodes, indent=2))
         return 0
@@ -214,29 +286,31 @@ def cmd_publish(args):
         print("dry run: nothing signed into the registry, nothing published")
         return 0
     opts = _broker(args, fd)
-    controller.publish(fd, env, doc["version"], opts)
+    purged = controller.publish(fd, env, doc["version"], opts)
     print(f"published v{doc['version']} retained to {fd.prefix()}net on {opts['broker']}")
+    if purged:
+        print(f"cleared the retained state of removed nodes: {', '.join(purged)}")
     return 0
 
 
 def cmd_status(args):
     from . import controller
-    from ..fleet import topics
     fd = _fd(args)
     opts = _broker(args, fd)
     if not args.watch:
         rows = controller.collect_status(fd, opts, quiet=args.wait)
-        print(json.dumps(rows, indent=2) if args.json else controller.format_table(rows))
+        print(json.dumps(rows, indent=2) if args.json else
+              controller.format_table(rows, wide=args.wide))
         return 0
     with controller.BrokerSession(opts) as s:
-        s.gather([topics.all_states(fd.prefix()), topics.all_reported(fd.prefix())], args.wait)
+        s.gather(controller.status_topics(fd.prefix()), args.wait)
         while True:
             rows = controller.collect_status(fd, opts, session=s)
             if args.json:
                 print(json.dumps(rows), flush=True)
             else:
                 print("\x1b[H\x1b[J" + time.strftime("%H:%M:%S ") + fd.registry.fleet + "\n" +
-                      controller.format_table(rows), flush=True)
+                      controller.format_table(rows, wide=args.wide), flush=True)
             s.changed.clear()
             s.changed.wait(5.0)   # redraw on news, and every 5 s for the ages
 

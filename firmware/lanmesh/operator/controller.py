@@ -69,8 +69,8 @@ class FleetDir:
         o["username"] = o.get("username") or registry.CONTROLLER_USER
         o["password_file"] = o.get("password_file") or self.password_path
         if not o.get("broker"):
-            raise LanmeshError("no broker: pass --broker mqtts://host:port "
-                               "(or set it once with `fleet init --broker`)")
+            raise LanmeshError("no broker: pass --broker mqtts://host:port, or store it once "
+                               "with `lanmesh fleet config broker=mqtts://host:port ca=FILE`")
         o["broker"] = (reg.get("controller_broker") if not overrides.get("broker") else None) \
             or controller_url(o["broker"])
         return o
@@ -161,9 +161,26 @@ def prepare(fd):
 
 
 def publish(fd, envelope, version, opts):
+    """Publish retained on `net`; then clear what removed nodes left retained on the broker
+    (a revoked router must not show in `fleet status` for ever). → the purged node names."""
     with BrokerSession(opts) as s:
         s.publish(topics.net(fd.prefix()), envelope, retain=True)
-    fd.registry.record_published(version, envelope)
+        fd.registry.record_published(version, envelope)
+        return purge_removed(fd, s)
+
+
+def purge_removed(fd, session, quiet=0.3):
+    """Clear the retained state/reported of nodes not in the registry (on this session)."""
+    prefix = fd.prefix()
+    msgs = session.gather([topics.all_states(prefix), topics.all_reported(prefix)], quiet)
+    names = {n["name"] for n in fd.registry.nodes()}
+    gone = set()
+    for topic, payload in list(msgs.items()):
+        parsed = topics.parse_node_topic(prefix, topic)
+        if parsed and parsed[0] not in names and payload:
+            session.publish(topic, b"", retain=True)     # an empty retained message clears it
+            gone.add(parsed[0])
+    return sorted(gone)
 
 
 def collect_status(fd, opts, session=None, quiet=0.5):
@@ -171,39 +188,67 @@ def collect_status(fd, opts, session=None, quiet=0.5):
     prefix = fd.prefix()
     if session is None:
         with BrokerSession(opts) as s:
-            msgs = dict(s.gather([topics.all_states(prefix), topics.all_reported(prefix)], quiet))
+            msgs = dict(s.gather(status_topics(prefix), quiet))
     else:
         msgs = dict(session.messages)
     return status_rows(fd, msgs, time.time())
+
+
+def status_topics(prefix):
+    return [topics.all_states(prefix), topics.all_reported(prefix), topics.net(prefix)]
+
+
+STALE_REPORTS = 3        # a node whose report is this many intervals old is `stale`
+
+
+def held_version(msgs, prefix):
+    """The version of the document the broker holds retained on `net`: None when it holds
+    none (a broker restarted without persistence), "?" when it is not one of ours."""
+    payload = msgs.get(topics.net(prefix))
+    if not payload:
+        return None
+    try:
+        env = boundjson.loads(payload, signing.MAX_ENVELOPE_BYTES, "net")
+        return _count(env["doc"]["version"]) or "?"
+    except (boundjson.JsonError, KeyError, TypeError):
+        return "?"
 
 
 def status_rows(fd, msgs, now):
     prefix = fd.prefix()
     last = fd.registry.last_published()
     published = last[0] if last else None
+    held = held_version(msgs, prefix)
     seen = {}
     for topic, payload in msgs.items():
         parsed = topics.parse_node_topic(prefix, topic)
         if parsed and parsed[1] in ("state", "reported"):
             seen.setdefault(parsed[0], {})[parsed[1]] = payload
-    names = [n["name"] for n in fd.registry.nodes()]
+    names = sorted(n["name"] for n in fd.registry.nodes())     # stable rows: by name
     rows = []
     for name in names + sorted(set(seen) - set(names)):
         got = seen.get(name, {})
         rep = _reported(got.get("reported"))
-        up = rep.get("links_up")
-        up = up if isinstance(up, list) and len(up) == 2 and all(map(_is_count, up)) else [None, None]
+        up = _links(rep)
         when = rep.get("time")
+        state = printable((got.get("state") or b"never seen").decode("utf-8", "replace"), 16)
+        every = _count(rep.get("report_interval")) or 30
+        age = now - when if _is_count(when) else None
+        if state == "online" and age is not None and age > STALE_REPORTS * every:
+            # The broker may not notice a silently dead router (no keepalive enforced, a
+            # half-open TCP session): its own reports say how often it should be heard.
+            state = "stale"
         rows.append({
-            "node": printable(name), "registered": name in names,
-            "state": printable((got.get("state") or b"never seen").decode("utf-8", "replace"), 16),
+            "node": printable(name), "registered": name in names, "state": state,
             "applied_version": _count(rep.get("applied_version")),
             "pending_version": _count(rep.get("pending_version")),
             "rollback": _entry(rep.get("rollback")),
             "rejected": [e for e in map(_entry, _list(rep.get("rejected"))[-5:]) if e],
             "links_up": up[0], "links_total": up[1],
-            "last_seen": round(now - when, 1) if _is_count(when) else None,
-            "published_version": published,
+            "last_seen": round(age, 1) if age is not None else None,
+            "report_interval": every,
+            "published_version": published, "broker_version": held,
+            "broker_last_error": _entry_at(rep.get("broker_last_error")),
         })
         if "error" in rep:
             rows[-1]["error"] = rep["error"]
@@ -239,6 +284,21 @@ def _entry(v):
     return {"version": _count(v.get("version")), "reason": printable(v["reason"])}
 
 
+def _links(rep):
+    """[up, total] from the node's own list of links (what it said last), else its count."""
+    links = rep.get("links")
+    if isinstance(links, list) and all(isinstance(x, dict) for x in links) and links:
+        return [sum(1 for x in links if x.get("up") is True), len(links)]
+    up = rep.get("links_up")
+    return up if isinstance(up, list) and len(up) == 2 and all(map(_is_count, up)) else [None, None]
+
+
+def _entry_at(v):
+    if not isinstance(v, dict) or not isinstance(v.get("reason"), str):
+        return None
+    return {"reason": printable(v["reason"]), "at": _count(v.get("at"))}
+
+
 def _reported(payload):
     if not payload:
         return {}
@@ -249,30 +309,67 @@ def _reported(payload):
     return rep if isinstance(rep, dict) else {"error": "reported is not a JSON object"}
 
 
-def format_table(rows):
-    head = ("NODE", "STATE", "APPLIED", "PENDING/ROLLED BACK", "LINKS", "LAST SEEN")
+NOTE_WIDTH = 48          # the reason column of the narrow view (--wide: all of it)
+
+
+def format_table(rows, wide=False):
+    head = ("NODE", "STATE", "APPLIED", "PENDING/ROLLED BACK/REJECTED", "LINKS", "LAST SEEN")
     out = [head]
+    cut = False
     for r in rows:
         applied = "-" if r["applied_version"] is None else f"v{r['applied_version']}"
-        if r["published_version"] and r["applied_version"] != r["published_version"]:
-            applied += f" (published v{r['published_version']})"
         note = "-"
         if r["pending_version"] is not None:
             note = f"pending v{r['pending_version']}"
         elif r["rollback"]:
             note = f"rolled back v{r['rollback']['version']}: {r['rollback']['reason']}"
         elif r["rejected"]:
-            note = f"rejected: {r['rejected'][-1]['reason']}"
+            e = r["rejected"][-1]
+            note = f"rejected{'' if e['version'] is None else ' v%d' % e['version']}: {e['reason']}"
         elif r.get("error"):
             note = f"unreadable report: {r['error']}"
         if not r["registered"]:
             note = "NOT IN REGISTRY; " + note
+        if wide and r.get("broker_last_error"):
+            note += f" (last broker problem: {r['broker_last_error']['reason']})"
+        if not wide and len(note) > NOTE_WIDTH:
+            note, cut = note[:NOTE_WIDTH - 1] + "…", True
         links = "-" if r["links_total"] is None else f"{r['links_up']}/{r['links_total']} up"
         seen = "-" if r["last_seen"] is None else _age(r["last_seen"])
         out.append((r["node"], r["state"], applied, note, links, seen))
     widths = [max(len(row[i]) for row in out) for i in range(len(head) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1]
-                     for row in out)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in out]
+    lines += warnings(rows)
+    if cut:
+        lines.append("(reasons cut short: --wide shows them whole)")
+    return "\n".join(lines)
+
+
+def warnings(rows):
+    """What the operator should act on, with the command that heals it."""
+    out = []
+    if not rows:
+        return out
+    published, held = rows[0]["published_version"], rows[0]["broker_version"]
+    if published is not None and held is None:
+        out.append(f"! broker holds no document (published v{published} is gone: a broker "
+                   f"without persistence restarted?). Heal: lanmesh fleet publish")
+    elif published is not None and held != published:
+        out.append(f"! broker holds v{held}, the registry last published v{published}. "
+                   f"Heal: lanmesh fleet publish")
+    live = [r for r in rows if r["registered"] and r["state"] == "online"]
+    versions = {r["applied_version"] for r in live if r["applied_version"] is not None}
+    back = [r for r in live if r["rollback"]]
+    if len(versions) > 1 or back:
+        on = ", ".join(f"{r['node']} v{r['applied_version']}" for r in live
+                       if r["applied_version"] is not None)
+        why = "; ".join(f"{r['node']} rolled back v{r['rollback']['version']}: "
+                        f"{r['rollback']['reason']}" for r in back)
+        nxt = (published or 0) + 1
+        out.append(f"! fleet split: {on}" + (f" ({why})" if why else "") +
+                   f". Fix the cause, then `lanmesh fleet publish` (v{nxt}): versions only move "
+                   f"forward, so every node takes v{nxt}")
+    return out
 
 
 def _age(s):

@@ -87,28 +87,35 @@ class Node:
                 parse_prefix(p)
             except ValueError as e:
                 raise ProvisionError("check", "lan: %r %s" % (p, e))
-        if self.fleet and not (self.fleet_key and self.broker):
-            raise ProvisionError("check", "fleet %s needs --fleet-key and --broker" % self.fleet)
+        missing = [what for what, v in (("--fleet-key", self.fleet_key), ("--broker", self.broker))
+                   if self.fleet and not v]
+        if missing:
+            raise ProvisionError("check", "fleet %s needs %s (or a --fleet-dir that has it: "
+                                 "`lanmesh fleet config broker=URL ca=FILE`)"
+                                 % (self.fleet, " and ".join(missing)))
 
 
-def register_node(fleet_dir, name, public_key, lan):
-    """The call site for the fleet registry: -> what happened ("added", "unchanged") or
-    None when nothing was written (no registry module, or no --fleet-dir given)."""
+def register_node(fleet_dir, name, public_key, lan, endpoints=None):
+    """The call site for the fleet registry: -> what happened ("added", "unchanged",
+    "updated: ...") or None when nothing was written (no --fleet-dir given). A node that is
+    registered already is updated in place (a rekey, a new LAN): its addresses stay."""
     if not fleet_dir:
         return None
-    try:
-        from .controller import FleetDir
-    except ImportError:
-        return None
+    from .controller import FleetDir
     reg = FleetDir(fleet_dir).registry
     old = reg.node(name)
-    if old is None:
-        reg.add_node(name, public_key, lan)
-        return "added"
-    if old["public_key"] == public_key and list(old["lan"]) == list(lan):
+    try:
+        if old is None:
+            reg.add_node(name, public_key, lan, endpoints or ())
+            return "added"
+        _, new = reg.set_node(name, public_key=public_key, lan=lan, endpoints=endpoints)
+    except LanmeshError as e:
+        raise ProvisionError("register", str(e))
+    changed = [k for k in ("public_key", "lan", "endpoints") if old[k] != new[k]]
+    if not changed:
         return "unchanged"
-    raise ProvisionError("register", "%s is registered with another key or LAN; update it with "
-                         "`lanmesh fleet node remove %s` then add it again" % (name, name))
+    return "updated (%s; addresses kept)" % ", ".join(
+        "new key" if k == "public_key" else k for k in changed)
 
 
 def fleet_defaults(fleet_dir):
@@ -121,7 +128,7 @@ def fleet_defaults(fleet_dir):
             out["fleet_key"] = f.read().strip()
         from .controller import FleetDir
         reg = FleetDir(fleet_dir).registry
-        out.update(broker=reg.get("broker"), ca_file=reg.get("ca_file"))
+        out.update(fleet=reg.fleet, broker=reg.get("broker"), ca_file=reg.get("ca_file"))
     except (OSError, ImportError, LanmeshError):
         pass
     return out
@@ -224,6 +231,8 @@ def _read(path, what):
 def _node(args, name, lan):
     """-> (Node, (broker dir, password) to record once the device committed it, or None)."""
     d = fleet_defaults(args.fleet_dir)
+    if not args.fleet and d.get("fleet"):
+        args.fleet = d["fleet"]
     ca_file = args.ca_file or d.get("ca_file")
     password = args.password_file and _read(args.password_file, "password file").strip()
     credential = None
@@ -271,13 +280,18 @@ def _summary(args, s, port_path, out, credential=None):
         return
     if not s["changed"]:
         out("  device      unchanged (already provisioned with these values)")
-    done = register_node(args.fleet_dir, s["name"], s["public_key"], s["lan"])
+    done = register_node(args.fleet_dir, s["name"], s["public_key"], s["lan"],
+                         args.endpoint or None)
     if done:
         out("  registry    %s in %s" % (done, args.fleet_dir))
+        if done != "unchanged":
+            out("  next        lanmesh fleet publish --dir %s   (the router takes it by itself%s)"
+                % (args.fleet_dir, "; it runs on its previous key until then" if s["rekeyed"] else ""))
     else:
         out("  registry    nothing written (no --fleet-dir); register the node with:")
         out("    lanmesh fleet node add %s --public-key %s %s" % (
-            s["name"], s["public_key"], " ".join("--lan %s" % p for p in s["lan"])))
+            s["name"], s["public_key"], " ".join(["--lan %s" % p for p in s["lan"]] +
+                                                 ["--endpoint %s" % e for e in args.endpoint])))
     if credential is not None:
         from .brokerconf import add_node_credential
         broker_dir, password = credential
@@ -315,7 +329,9 @@ def add_arguments(p):
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--name", help="node name")
     p.add_argument("--lan", action="append", default=[], help="site prefix (repeatable)")
-    p.add_argument("--fleet", help="fleet name")
+    p.add_argument("--endpoint", action="append", default=[],
+                   help="the router's public host:port (repeatable; for the registry)")
+    p.add_argument("--fleet", help="fleet name (default: the --fleet-dir's)")
     p.add_argument("--fleet-dir", help="fleet registry directory")
     p.add_argument("--fleet-key", help="fleet Ed25519 public key (base64)")
     p.add_argument("--fleet-key-file", help="file holding the fleet public key")

@@ -129,18 +129,74 @@ class Registry:
         idx = int(self.get("next_index"))
         entry = {"name": name, "public_key": public_key, "address": self._address(idx),
                  "lan": list(lan), "endpoints": list(endpoints), "relay": bool(relay)}
-        doc = self._document(1, self.nodes() + [entry])
-        i = len(doc["nodes"]) - 1
-        problems = netdoc.validate(doc)
-        if problems:
-            raise RegistryError("; ".join(p.replace(f"nodes[{i}]", f"node {name!r}")
-                                          for p in problems))
+        self._check(self.nodes() + [entry], name)
         with self.db:
             self.db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (name, idx, public_key, json.dumps(entry["lan"]),
                              json.dumps(entry["endpoints"]), int(relay), time.time()))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'next_index'", (str(idx + 1),))
         return entry
+
+    def set_node(self, name, public_key=None, lan=None, endpoints=None, relay=None):
+        """Change a node in place: its overlay addresses stay (a new LAN, endpoint or key
+        must not renumber the site). → (old entry, new entry)."""
+        nodes = self.nodes()
+        old = next((n for n in nodes if n["name"] == name), None)
+        if old is None:
+            raise RegistryError(f"no node {name!r} in fleet {self.fleet!r}")
+        if public_key is not None and not is_key(public_key):
+            raise RegistryError(f"node {name!r}: the public key is not a WireGuard public key "
+                                f"(44 base64 characters)")
+        new = dict(old)
+        for k, v in (("public_key", public_key), ("lan", lan), ("endpoints", endpoints),
+                     ("relay", relay)):
+            if v is not None:
+                new[k] = list(v) if isinstance(v, (list, tuple)) else v
+        self._check([new if n["name"] == name else n for n in nodes], name)
+        with self.db:
+            self.db.execute("UPDATE nodes SET public_key = ?, lan = ?, endpoints = ?, relay = ? "
+                            "WHERE name = ?", (new["public_key"], json.dumps(new["lan"]),
+                                               json.dumps(new["endpoints"]), int(new["relay"]), name))
+        return old, new
+
+    def _check(self, nodes, name):
+        """The fleet with `nodes` makes a valid document, and no LAN swallows what the
+        mesh itself needs to reach outside the tunnel: an endpoint, or the broker."""
+        doc = self._document(1, nodes)
+        i = next(j for j, n in enumerate(nodes) if n["name"] == name)
+        problems = [p.replace(f"nodes[{i}]", f"node {name!r}") for p in netdoc.validate(doc)]
+        if not problems:
+            problems = self.lan_conflicts(nodes)
+        if problems:
+            raise RegistryError("; ".join(problems))
+
+    def lan_conflicts(self, nodes):
+        from ..prefix import parse_endpoint, parse_prefix
+        outside = []                        # (what, ip address) that must stay outside LANs
+        for n in nodes:
+            for ep in n["endpoints"]:
+                host = parse_endpoint(ep)[0]
+                outside.append((f"node {n['name']!r}'s endpoint {ep}", host))
+        for key in ("broker", "controller_broker"):
+            url = self.get(key)
+            if url:
+                from ..adapters.mqtt import parse_broker
+                outside.append((f"the broker {url}", parse_broker(url)[1]))
+        ips = []
+        for what, host in outside:
+            try:
+                ips.append((what, ipaddress.ip_address(host.strip("[]"))))
+            except ValueError:
+                pass                        # a name: resolved by the routers, not here
+        out = []
+        for n in nodes:
+            for pre in n["lan"]:
+                net = parse_prefix(pre)
+                for what, ip in ips:
+                    if ip.version == net.version and ip in net:
+                        out.append(f"node {n['name']!r}: LAN {pre} contains {what}: its traffic "
+                                   f"would be routed into the mesh it carries")
+        return out
 
     def remove_node(self, name):
         """Revocation: the next published document no longer has the node."""
