@@ -96,7 +96,7 @@ class Broker:
                     f.write(f"{u}:{brokerconf.hash_password(pw)}\n")
             os.chmod(os.path.join(directory, name), 0o600)
         with open(os.path.join(directory, "acl"), "w") as f:
-            f.write(acl if acl is not None else brokerconf.acl_text(prefix))
+            f.write(acl if acl is not None else brokerconf.acl_text(prefix, [u for u in self.users if u != "controller"]))
         self.conf = os.path.join(directory, "mosquitto.conf")
         with open(self.conf, "w") as f:
             f.write(brokerconf.mosquitto_conf(directory, host, self.port, tls["ca.pem"],

@@ -6,9 +6,12 @@ import contextlib
 import json
 import logging
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -268,10 +271,15 @@ def test_all_links_lost_after_apply_rolls_back(fleet):
 
 
 @contextlib.contextmanager
-def generated_broker(fleet, tmp_path):
-    """mosquitto running the `fleet broker-config` output → (controller opts, node opts
-    without a user, credentials dir)."""
-    out = tmp_path / "gen"
+def generated_broker(fleet, tmp_path, out=None):
+    """mosquitto running the `fleet broker-config` output, started as root exactly as the
+    output says → (controller opts, node opts without a user, credentials dir, output of
+    `broker-config` and of mosquitto)."""
+    shared = None
+    if out is None:             # as root, the mosquitto account must reach it: not tmp_path
+        shared = tempfile.mkdtemp(prefix="lanmesh-gen-", dir="/tmp")
+        os.chmod(shared, 0o755)
+        out = pathlib.Path(shared) / "gen"
     tls = make_ca(str(tmp_path), ("127.0.0.1",))
     from mqtt_broker import free_port
     port = free_port()
@@ -279,23 +287,26 @@ def generated_broker(fleet, tmp_path):
                 "--listen", "127.0.0.1", "--port", str(port), "--cert", tls["server.pem"],
                 "--key", tls["server.key"], "--ca", tls["ca.pem"])
     assert r.returncode == 0, r.stderr
-    with open(out / "mosquitto.conf", "a") as fh:
-        fh.write("user root\n")  # as root, mosquitto would drop to a user that cannot read 0600 files
+    log = open(tmp_path / "mosquitto.out", "w+")
     proc = subprocess.Popen(["mosquitto", "-c", str(out / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         time.sleep(0.5)
-        assert proc.poll() is None
+        assert proc.poll() is None, (tmp_path / "mosquitto.out").read_text()
         ctl = dict(fleet.opts, broker=f"mqtts://127.0.0.1:{port + 1}", ca_file=tls["ca.pem"])
-        yield ctl, dict(ctl, broker=f"mqtts://127.0.0.1:{port}"), out / "credentials"
+        yield (ctl, dict(ctl, broker=f"mqtts://127.0.0.1:{port}"), out / "credentials",
+               lambda: r.stdout + (tmp_path / "mosquitto.out").read_text())
     finally:
         proc.terminate()
         proc.wait(5)
+        log.close()
+        if shared:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_acl_from_generated_broker_config(fleet, tmp_path):
     """`fleet broker-config` output, run by mosquitto: a node writes only its own subtree."""
-    with generated_broker(fleet, tmp_path) as (ctl, nodes, creds):
+    with generated_broker(fleet, tmp_path) as (ctl, nodes, creds, _):
         hq = dict(nodes, username="hq", password_file=str(creds / "hq.pass"))
         with controller.BrokerSession(ctl) as spy, controller.BrokerSession(hq) as node:
             spy.client.subscribe(PREFIX + "#", 1)
@@ -318,7 +329,7 @@ def test_another_nodes_client_id_cannot_kick_it_off(fleet, tmp_path):
     branch off and published branch's retained `lost` will. The generated config ties the
     client id to the username, so branch stays on and no will fires."""
     from lanmesh.operator.paho_client import make_client
-    with generated_broker(fleet, tmp_path) as (ctl, nodes, creds):
+    with generated_broker(fleet, tmp_path) as (ctl, nodes, creds, _):
         def client(user, client_id, will=None):
             pw = open(creds / f"{user}.pass").read().strip()
             c = make_client(nodes["broker"], client_id, ca_file=ctl["ca_file"], username=user,

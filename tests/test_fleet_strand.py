@@ -11,8 +11,8 @@ from lanmesh import keys
 from lanmesh.config import load_config
 from lanmesh.console.agent import Store
 from lanmesh_lab.inprocess import Background
-from test_fleet_mqtt import PREFIX, Watcher, lanmesh, publish_next, signed  # noqa: F401
-from test_fleet_mqtt import fleet  # noqa: F401 (fixture)
+from test_fleet_mqtt import PREFIX, Watcher, lanmesh, publish_next, signed
+from test_fleet_mqtt import fleet  # noqa: F401 (the fixture)
 from lanmesh.fleet import signing, topics
 
 

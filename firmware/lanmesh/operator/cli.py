@@ -319,12 +319,23 @@ def cmd_broker_config(args):
     from . import brokerconf
     from ..adapters.mqtt import read_secret
     fd = _fd(args)
-    out = args.out or fd.broker_dir
+    out = args.out or fd.registry.get("broker_dir")
+    if not out:
+        # As root, mosquitto reads its files as the user `mosquitto`, which cannot enter the
+        # 0700 fleet directory: its files go where a packaged mosquitto keeps its own.
+        root = os.geteuid() == 0 and os.path.isdir("/etc/mosquitto")
+        out = f"/etc/mosquitto/lanmesh-{fd.registry.fleet}" if root else fd.broker_dir
     names = [n["name"] for n in fd.registry.nodes()]
+    owner = brokerconf.run_as(out)
     fresh = brokerconf.write_broker_config(
         out, fd.prefix(), names, read_secret(fd.password_path), args.listen, args.port,
-        _abs(args.ca_file), _abs(args.cert_file), _abs(args.key_file), rotate=set(args.rotate))
+        _abs(args.ca_file), _abs(args.cert_file), _abs(args.key_file), rotate=set(args.rotate),
+        owner=owner)
     print(f"wrote {out}/mosquitto.conf, passwd ({len(names)} nodes), controller.passwd, acl")
+    fd.registry.set("broker_dir", os.path.abspath(out))   # where provision adds accounts
+    if owner:
+        print(f"  started as root, mosquitto runs as user mosquitto: it owns the broker's files "
+              f"(TLS files copied to {out}/tls; node passwords in credentials/ stay yours)")
     print(f"  routers connect to port {args.port} (client id = username); the controller "
           f"(`lanmesh fleet publish|status`) to port {args.port + 1}")
     for name in sorted(fresh):

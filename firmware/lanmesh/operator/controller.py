@@ -29,7 +29,7 @@ class FleetDir:
         self.key_path = os.path.join(path, "signing.key")
         self.pub_path = os.path.join(path, "signing.pub")
         self.password_path = os.path.join(path, "controller.pass")
-        self.broker_dir = os.path.join(path, "broker")
+        self._default_broker_dir = os.path.join(path, "broker")
         self._reg = None
 
     @classmethod
@@ -49,6 +49,14 @@ class FleetDir:
                 reg.set(k, os.path.abspath(v) if k.endswith("_file") else v)
         fd._reg = reg
         return fd
+
+    @property
+    def broker_dir(self):
+        """Where `fleet broker-config` last wrote the broker's files (default <dir>/broker)."""
+        try:
+            return self.registry.get("broker_dir") or self._default_broker_dir
+        except LanmeshError:
+            return self._default_broker_dir
 
     @property
     def registry(self):
