@@ -288,3 +288,10 @@ print(got[0].args, c.staged["lan"], c.receive_data(b"#>9 x 00000000\\r")[0].args
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ("(2, True, {'set': 'lan'}) ['198.19.7.0/24', 'fd00:1::/64'] "
                                 "b'#<0 ERR bad-crc damaged frame %08x\\r\\n'" % protocol.crc(b"0 ERR bad-crc damaged frame"))
+
+
+def test_show_config_gives_the_committed_ca_size_not_the_summary_length():
+    # the agent's summary is redacted already; `show config` redacts again (was "16 bytes")
+    from lanmesh.console.session import _redact
+    once = _redact({"ca": "-----BEGIN CERTIFICATE-----" + "x" * 507})
+    assert once["ca"] == "(PEM, 534 bytes)" and _redact(once)["ca"] == "(PEM, 534 bytes)"

@@ -134,3 +134,25 @@ def test_the_mesh_core_runs_in_one_task(tmp_path, monkeypatch):
         await aio.sleep(0.2)
     running(cfgs, net, body)
     assert runs == {"site-a": 1, "site-b": 1}
+
+
+def test_an_edited_local_document_shows_it_changed_even_at_the_same_version(tmp_path):
+    """Issue 13: local documents all showed `v1` whatever the edit; the status and the log
+    now carry a fingerprint of the content, and the edit is applied."""
+    import json
+    cfgs = make_sites(tmp_path, n=2)
+    path = cfgs[0].document
+
+    async def body(daemons, backends):
+        a = daemons[0]
+        first = a.status()["document_id"]
+        doc = json.loads(open(path).read())
+        doc["nodes"][1]["lan"] = ["198.19.99.0/24"]       # same version 1
+        open(path, "w").write(json.dumps(doc))
+        await a.reload_local()
+        st = a.status()
+        assert st["version"] == 1 and st["document_id"] != first and not st["rejected"]
+        assert any(r["prefix"] == "198.19.99.0/24" for r in st["routes"])
+        from lanmesh.status_view import render
+        assert f"document v1 [{st['document_id']}]" in render(st)
+    running(cfgs, FakeNet(), body)

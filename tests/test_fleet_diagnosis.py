@@ -136,3 +136,20 @@ def test_dns_no_route_and_no_answer_each_say_so(tmp_path):
         ns.teardown()
         if etc:
             shutil.rmtree(etc, ignore_errors=True)
+
+
+def test_sighup_on_a_fleet_router_says_nothing_about_a_local_document(tmp_path, caplog):
+    """A fleet router has no network.json: a reload must not log an ERROR about it."""
+    import logging
+    cfg = _write_cfg(tmp_path, "quiet", broker=f"mqtt://127.0.0.1:{free_port()}")
+    b = Background([cfg])
+    try:
+        with caplog.at_level(logging.INFO):
+            b.daemons[0].request_reload()
+            time.sleep(1.5)                 # the supervisor handles it within a second
+        assert b.alive()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, errors
+        assert "network.json" not in caplog.text
+    finally:
+        b.stop()

@@ -120,3 +120,20 @@ def test_pubkey_loads_no_cryptography():
             "print(any(m.split('.')[0] == 'cryptography' for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_malformed_private_key_is_never_echoed(tmp_path):
+    """The error names the file and what is wrong, never any of the key's characters."""
+    key = tmp_path / "bad.key"
+    key.write_text("SECRETSECRETSECRETxx+key/material==\n")
+    os.chmod(key, 0o600)
+    node = tmp_path / "node.json"
+    node.write_text(json.dumps({"name": "x", "private_key_file": str(key),
+                                "document": str(tmp_path / "none.json")}))
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "firmware"))
+    for argv, stdin in ((["run", "--config", str(node)], ""),
+                        (["pubkey"], key.read_text())):
+        r = subprocess.run([sys.executable, "-m", "lanmesh.cli", *argv], input=stdin, env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "not a WireGuard key" in r.stderr, r.stderr
+        assert "SECRET" not in r.stdout + r.stderr and "material" not in r.stdout + r.stderr

@@ -2,6 +2,7 @@
 # in pure cores (netdoc, desired, mesh, fleet sync); everything that touches the OS lives in
 # backends and adapters. This file only wires facts to cores and effects to edges.
 from .log import getLogger
+import binascii
 import os
 import signal
 import subprocess
@@ -176,7 +177,8 @@ class Daemon:
         self.document_applies += 1
         if not self.cfg.fleet:
             self.retire_previous_key()      # a local document takes effect as written
-        log.info("applied document %s v%d: %d peers", doc.fleet, doc.version, len(doc.nodes) - 1)
+        log.info("applied document %s v%d [%s]: %d peers", doc.fleet, doc.version,
+                 _document_id(doc), len(doc.nodes) - 1)
         if getattr(self.cfg, "openwrt", False):
             self._firewall_follows(doc)
 
@@ -348,6 +350,7 @@ class Daemon:
             "node": self.cfg.name, "interface": self.cfg.interface,
             "backend": getattr(self.backend, "kind", "?"), "public_key": self.public_key,
             "fleet": doc.fleet if doc else None, "version": doc.version if doc else None,
+            "document_id": _document_id(doc),
             "uptime": round(now - self.started, 1), "peers": peers,
             "links": mesh["links"], "mesh": mesh["counters"], "lsdb": mesh["lsdb"],
             "routes": routes, "rejected": self.rejected, "document_applies": self.document_applies,
@@ -505,6 +508,14 @@ def run(cfg, load_config=None):
             except LanmeshError as e:
                 log.error("cleaning up after a failed start: %s", e)
         raise
+
+
+def _document_id(doc):
+    """A short fingerprint of the document's content: a local document edited without a
+    new version still shows that it changed (crc32: not a security check, and free)."""
+    if doc is None:
+        return None
+    return "%08x" % binascii.crc32(netdoc.canonical(doc.raw))
 
 
 def _process():

@@ -26,6 +26,8 @@ def table(rows, headers):
 def render(st):
     doc = (f"fleet {st['fleet']} document v{st['version']}" if st["version"] is not None
            else "no network document yet (waiting for the fleet's)")
+    if st.get("document_id"):
+        doc += f" [{st['document_id']}]"
     proc = st.get("process") or {}
     mem = f", {proc['rss_kb'] / 1024:.1f} MB RSS" if proc.get("rss_kb") else ""
     out = [f"node {st['node']} on {st['interface']} ({st['backend']}), {doc}, "

@@ -126,8 +126,8 @@ def _redact(values):
     for k, v in values.items():
         if k in SECRET_KEYS:
             v = "(secret)" if v else None
-        elif k == "ca" and v:
-            v = "(PEM, %d bytes)" % len(v)
+        elif k == "ca" and v and not v.startswith("(PEM, "):   # idempotent: the agent's
+            v = "(PEM, %d bytes)" % len(v)                        # summary is redacted already
         out[k] = v
     return out
 

@@ -23,6 +23,11 @@ RTPROT_LANMESH = 108          # our routes' protocol tag: how we find (only) our
 MAIN_TABLE = 254
 IFF_UP = rtnl.IFF_UP
 EEXIST, ESRCH, ENOENT, EADDRNOTAVAIL, ENODEV = 17, 3, 2, 99, 19
+def _name(path):
+    """/proc/sys/net/ipv4/ip_forward → net.ipv4.ip_forward, as `sysctl` names it."""
+    return path[len("/proc/sys/"):].replace("/", ".")
+
+
 FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
 
 
@@ -180,12 +185,12 @@ class HostNet:
                     self._saved_sysctl[path] = cur
                     self._save()    # before the change: a crash right after still knows
                 _write(path, "1")
-                changes.append(f"sysctl {path[10:]}=1")
+                changes.append(f"sysctl {_name(path)}=1")
             elif not forwarding and path in self._saved_sysctl:
                 old = self._saved_sysctl.pop(path)
                 if cur == "1":      # someone else changed it since: theirs now
                     _write(path, old)
-                    changes.append(f"sysctl {path[10:]}={old} (restored)")
+                    changes.append(f"sysctl {_name(path)}={old} (restored)")
                 self._save()
 
     def _load_saved(self):
