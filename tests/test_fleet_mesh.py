@@ -80,7 +80,8 @@ def test_publish_adding_a_site_applied_everywhere_and_lans_reach(fleet_lab):
     assert lab.wait_ping(d, lab.sites[1], family=6, timeout=20), logs(lab)
     # The broker runs the controller-generated ACL: nodes read `net`, write only their subtree.
     acl = open(fl.broker_dir + "/acl").read()
-    assert "pattern readwrite lanmesh/lab/node/%u/#" in acl and "pattern read lanmesh/lab/net" in acl
+    assert "pattern readwrite lanmesh/lab/node/%u/#" in acl
+    assert all(f"user {s.name}\ntopic read lanmesh/lab/net" in acl for s in lab.sites), acl
 
 
 def test_document_cutting_branch_from_broker_rolls_back(fleet_lab):
