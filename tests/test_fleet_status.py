@@ -221,6 +221,13 @@ def test_node_set_keeps_the_address_and_a_lan_over_the_broker_is_refused(fleet):
     # The broker is on 127.0.0.1: a LAN that covers it would route the fleet into the mesh.
     r = lanmesh("fleet", "node", "set", "branch", "--lan", "127.0.0.0/8", "--dir", f.fd.path)
     assert r.returncode != 0 and "contains the broker mqtts://127.0.0.1" in r.stderr, r.stderr
+    assert "fleet config broker_site=branch" in r.stderr
+    # ... unless the broker really sits on that site's LAN (the others reach it via the mesh)
+    r = lanmesh("fleet", "config", "broker_site=branch", "--dir", f.fd.path)
+    assert r.returncode == 0, r.stderr
+    f.fd.registry.set_node("branch", lan=["127.0.0.0/8"])
+    f.fd.registry.set("broker_site", "")
+    f.fd.registry.set_node("branch", lan=after["lan"])
     r = lanmesh("fleet", "node", "add", "x", "--public-key", "A" * 43 + "=", "--lan",
                 "198.18.0.0/24", "--dir", f.fd.path)
     assert r.returncode != 0 and "contains node 'hq''s endpoint 198.18.0.1:51820" in r.stderr, r.stderr

@@ -59,6 +59,8 @@ class FleetLab:
         self.tls = _make_tls(self.broker_dir, self.host)
         self.fd = controller.FleetDir.init(self.dir, FLEET, OVERLAY4, OVERLAY6, broker=self.url,
                                            ca_file=self.tls["ca"])
+        if broker_site is not None:          # the broker really sits on that site's LAN
+            self.fd.registry.set("broker_site", broker_site.name)
         s = dict(lab.settings, **(settings or {}))
         if s:
             self.fd.registry.set_settings(s)

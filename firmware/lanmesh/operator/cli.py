@@ -79,7 +79,8 @@ def register(sub, groups):
     s.set_defaults(func=cmd_node_list)
 
     s = fs.add_parser("config", help="show or store the controller's broker settings "
-                      "(broker=URL ca=FILE controller_broker=URL username=NAME password_file=FILE)")
+                      "(broker=URL ca=FILE controller_broker=URL username=NAME password_file=FILE "
+                      "broker_site=NODE: the site whose LAN hosts the broker)")
     s.add_argument("changes", nargs="*", metavar="KEY=VALUE")
     fleet_dir(s)
     s.set_defaults(func=cmd_config)
@@ -208,7 +209,7 @@ def cmd_node_set(args):
 
 CONFIG_KEYS = {"broker": "broker", "ca": "ca_file", "ca_file": "ca_file",
                "controller_broker": "controller_broker", "username": "username",
-               "password_file": "password_file"}
+               "password_file": "password_file", "broker_site": "broker_site"}
 
 
 def cmd_config(args):
@@ -222,6 +223,8 @@ def cmd_config(args):
             raise LanmeshError(f"{c!r}: expected KEY=VALUE with KEY one of "
                                f"{', '.join(sorted(set(CONFIG_KEYS) - {'ca_file'}))}")
         key = CONFIG_KEYS[k]
+        if v and key == "broker_site" and reg.node(v) is None:
+            raise LanmeshError(f"broker_site={v}: no such node")
         if v and key.endswith("broker"):
             parse_broker(v)
         if v and key.endswith("_file"):
@@ -235,7 +238,7 @@ def cmd_config(args):
             reg.set(key, old or "")
             raise RegistryError("; ".join(problems))
     from .controller import BROKER_KEYS
-    for key in BROKER_KEYS + ("controller_broker",):
+    for key in BROKER_KEYS + ("controller_broker", "broker_site"):
         print(f"{key:<18} {reg.get(key) or '-'}")
     return 0
 

@@ -177,6 +177,7 @@ class Registry:
             for ep in n["endpoints"]:
                 host = parse_endpoint(ep)[0]
                 outside.append((f"node {n['name']!r}'s endpoint {ep}", host))
+        host_site = self.get("broker_site")     # a site whose LAN hosts the broker
         for key in ("broker", "controller_broker"):
             url = self.get(key)
             if url:
@@ -193,9 +194,15 @@ class Registry:
             for pre in n["lan"]:
                 net = parse_prefix(pre)
                 for what, ip in ips:
-                    if ip.version == net.version and ip in net:
-                        out.append(f"node {n['name']!r}: LAN {pre} contains {what}: its traffic "
-                                   f"would be routed into the mesh it carries")
+                    if ip.version != net.version or ip not in net:
+                        continue
+                    if what.startswith("the broker") and n["name"] == host_site:
+                        continue    # declared: the others reach it through the mesh
+                    hint = (f" (if the broker really sits on {n['name']}'s LAN: `lanmesh fleet "
+                            f"config broker_site={n['name']}`)" if what.startswith("the broker")
+                            else "")
+                    out.append(f"node {n['name']!r}: LAN {pre} contains {what}: its traffic "
+                               f"would be routed into the mesh it carries{hint}")
         return out
 
     def remove_node(self, name):
