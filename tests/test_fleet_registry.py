@@ -109,7 +109,7 @@ def test_broker_config_keeps_passwords_and_revokes(fd, tmp_path):
     assert open(os.path.join(out, "credentials", "hq.pass")).read().strip() == fresh["hq"]
     acl = open(os.path.join(out, "acl")).read()
     assert "pattern readwrite lanmesh/acme/node/%u/#" in acl
-    assert "pattern read lanmesh/acme/net" in acl
+    assert "user hq\ntopic read lanmesh/acme/net" in acl and "pattern read " not in acl
     assert "user controller\ntopic readwrite lanmesh/acme/#" in acl
     # Again, with hq removed: branch keeps its password, hq's account and file are gone.
     fresh2 = brokerconf.write_broker_config(out, "lanmesh/acme/", ["branch"], "ctlpw")
