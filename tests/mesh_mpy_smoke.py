@@ -20,8 +20,10 @@ def main():
     fail = sim.run_until(lambda: sim.converged() and sim.hop("a", "c") in ("b", "d"), 3000, step=5)
     assert fail is not None and fail <= 1100, fail
     assert sim.walk("c", "a") == list(reversed(sim.walk("a", "c")))
-    assert "198.19.3.0/24" in sim.plans["a"].allowed[sim.hop("a", "c")]
-    for junk in (b"", b"\xa7\x01\x03\x02hq\x00", b"\xa7\x01\x01\x02HQ" + bytes(8)):
+    sim.run(200)
+    assert sim.plans["a"].relayed["c"][0] == sim.hop("a", "c")     # a blind relay's port
+    assert "198.19.3.0/24" in sim.plans["a"].allowed["c"]          # allowed IPs stay put
+    for junk in (b"", b"\xa7\x03\x03\x02hq\x00", b"\xa7\x03\x01\x02HQ" + bytes(32)):
         try:
             wire.decode(junk)
         except wire.WireError:

@@ -41,8 +41,13 @@ def test_a_failed_link_reroutes_with_exactly_one_backend_update(tmp_path):
         new = backends[0].applied[before:]
         assert len(new) == 1, new
         peers = {p.public_key: p for p in new[0].peers.values()}
-        via_b = peers[pubkey(read_private_key(cfgs[1].private_key_file))].allowed_ips
-        assert "198.19.3.0/24" in via_b
+        to_c = peers[pubkey(read_private_key(cfgs[2].private_key_file))]
+        # blind relay: c's peer keeps its prefixes and now sends to b's port for {a, c}
+        assert "198.19.3.0/24" in to_c.allowed_ips
+        assert to_c.endpoint.startswith("198.18.2.2:") and to_c.endpoint != "198.18.2.2:51820"
+        relay = daemons[1].status()["relay"]
+        assert "site-a-site-c" in relay["sessions"], relay
+        assert len(backends[1].applied[-1].relays) == 2, relay    # b forwards both directions
         assert all(t == "lanmesh-applier" for b in backends for t in b.threads), backends[0].threads
     running(cfgs, net, body)
 

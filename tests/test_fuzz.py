@@ -18,14 +18,16 @@ from lanmesh.mesh.node import MeshNode, MessageReceived
 
 import fuzz
 from test_findings import document, _Fd
-from test_mesh_sim import FakeKeys, doc_nodes
+from test_mesh_sim import FakeKeys, doc_nodes, path_msg
 
 
 def test_fuzz_mesh_wire_and_node():
     sig = FakeKeys("k2").sign
     lsa = wire.Lsa("c", 7, {"a": 3, "b": 9})
     lsa.sig = sig(wire.signed_bytes(lsa))
-    seeds = [wire.encode_probe("b", 5, 77), wire.encode_ack("b", 5, 9),
+    seeds = [path_msg(wire.encode_probe, "b", 5, 77, "k1", "k0"),
+             path_msg(wire.encode_ack, "b", 5, 9, "k1", "k0"),
+             wire.encode_relay("b", "b", "c", True), wire.encode_relayed("b", "a", "c", 0, 1, 2),
              wire.encode_lsas("b", [lsa])[0], wire.encode_summary("b", [("c", 7), ("a", 1)])[0],
              wire.encode_request("b", ["c", "a"])[0]]
     node = MeshNode("a", doc_nodes(["a", "b", "c"]), keys=FakeKeys("k0"))

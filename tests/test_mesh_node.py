@@ -4,7 +4,7 @@ from lanmesh.ticks import TICKS_PERIOD, ticks_add, ticks_diff
 from lanmesh.mesh import wire
 from lanmesh.mesh.node import (MeshNode, MessageReceived, DocumentChanged, SendMessage,
                                RoutesChanged, LinkChanged)
-from test_mesh_sim import doc_nodes, FakeKeys, MeshSim
+from test_mesh_sim import doc_nodes, FakeKeys, MeshSim, path_msg
 
 
 def signed(lsa, key):
@@ -21,7 +21,7 @@ def sends(effects, peer=None):
 
 def test_probe_is_answered_with_ack_and_digest():
     n = MeshNode("a", doc_nodes(["a", "b"]), keys=FakeKeys("k0"))
-    out = n.handle(MessageReceived("b", wire.encode_probe("b", 77, 5)), T0)
+    out = n.handle(MessageReceived("b", path_msg(wire.encode_probe, "b", 77, 5, "k1", "k0")), T0)
     (ack,) = [m for m in sends(out, "b") if m.type != wire.PROBE]   # our own probe may ride along
     assert ack.type == wire.ACK and ack.seq == 77 and ack.sender == "a"
     assert ack.digest == n.lsdb.digest()
@@ -30,13 +30,18 @@ def test_probe_is_answered_with_ack_and_digest():
 def test_malformed_and_spoofed_messages_are_counted_and_dropped():
     n = MeshNode("a", doc_nodes(["a", "b", "c"]), keys=FakeKeys("k0"))
     n.tick(T0)
-    for junk in (b"", b"\xff" * 40, wire.encode_probe("b", 1, 1)[:-1]):
+    probe = path_msg(wire.encode_probe, "b", 1, 1, "k1", "k0")
+    for junk in (b"", b"\xff" * 40, probe[:-1]):
         assert n.handle(MessageReceived("b", junk), T0) == []
     assert n.counters["malformed"] == 3
     # sender name inside must match the peer the tunnel says it came from
-    assert n.handle(MessageReceived("c", wire.encode_probe("b", 1, 1)), T0) == []
-    assert n.handle(MessageReceived("zz", wire.encode_probe("zz", 1, 1)), T0) == []
+    assert n.handle(MessageReceived("c", probe), T0) == []
+    assert n.handle(MessageReceived("zz", path_msg(wire.encode_probe, "zz", 1, 1, "k9", "k0")), T0) == []
     assert n.counters["bad_sender"] == 2
+    # a path probe whose MAC is not the pair's (forged, or made with another key)
+    assert n.handle(MessageReceived("b", path_msg(wire.encode_probe, "b", 1, 1, "k2", "k0"),
+                                    via=("198.18.0.9", 51822)), T0) == []
+    assert n.counters["bad_mac"] == 1
     (lsas,) = wire.encode_lsas("b", [wire.Lsa("stranger", 1, {}, sig=bytes(64))])
     n.handle(MessageReceived("b", lsas), T0)
     assert n.counters["unknown_origin"] == 1 and n.lsdb.get("stranger") is None

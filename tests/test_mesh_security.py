@@ -56,7 +56,8 @@ def test_lan_host_spoofing_a_peers_pinned_address_gets_nothing_accepted(make_lab
     lab.start_all()
     assert lab.wait_direct(timeout=20)
     a, b, c = lab.sites
-    forged = [_forged(b.name, c.name), wire.encode_probe(b.name, 1, 0)]
+    forged = [_forged(b.name, c.name),
+              wire.encode_probe(b.name, 1, 0, bytes(8), lambda data: bytes(16))]
     mesh0, lsdb0 = _counters(lab, a)
     drops0 = _nft_drops(lab, a)
     assert drops0 is not None, "the nft table has no mesh-port drop"

@@ -36,6 +36,17 @@ class FakeKeys:
     def verify(self, public_key, message, sig):
         return sig == _fake_sig(public_key, message)
 
+    def path_mac(self, public_key, data):
+        # symmetric, as the X25519 pair key is: both ends compute the same tag
+        if not public_key:
+            return None
+        pair = "/".join(sorted((self.public_key, public_key)))
+        return _fake_sig(pair, data)[:16]
+
+    def nonce(self):
+        self._n = getattr(self, "_n", 0) + 1
+        return self._n.to_bytes(8, "big")
+
 
 def real_keys(names):
     """{name: (public key, AdvertKeys)} with real WireGuard keys (XEdDSA-signed adverts)."""
@@ -52,6 +63,11 @@ def doc_node(i, name, relay=True):
     return {"name": name, "public_key": "k%d" % i, "relay": relay,
             "address": ["100.64.0.%d/32" % (i + 1), "fd00:6c6d::%x/128" % (i + 1)],
             "lan": ["198.19.%d.0/24" % (i + 1)], "endpoints": []}
+
+
+def path_msg(encode, sender, seq, digest, sender_key, peer_key, nonce=bytes(8)):
+    """A PROBE/ACK from `sender` (FakeKeys `sender_key`) to the peer with `peer_key`."""
+    return encode(sender, seq, digest, nonce, lambda b: FakeKeys(sender_key).path_mac(peer_key, b))
 
 
 def doc_nodes(names, non_relays=()):
@@ -243,11 +259,19 @@ def test_failover_within_a_second_and_symmetric():
     assert sim.now() < 1000             # detection happened across the wrap
     assert sim.walk("a", "c") == ["a", "b", "c"] and sim.source_ok(["a", "b", "c"])
     assert sim.walk("c", "a") == ["c", "b", "a"]
-    # b's allowed IPs for a carry a's prefixes, so a's packets relayed to c are accepted by b
-    assert "198.19.1.0/24" in sim.plans["b"].allowed["a"]
-    assert "198.19.3.0/24" in sim.plans["a"].allowed["b"]
-    assert "198.19.3.0/24" not in sim.plans["a"].allowed["c"]
-    assert "fd00:6c6d::3/128" in sim.plans["a"].allowed["c"]   # pinned stays direct
+    # Blind relay: allowed IPs stay put; a and c send to the ports b granted for {a, c},
+    # and b forwards each direction (in its kernel) toward the other end.
+    sim.run(200)
+    assert "198.19.3.0/24" in sim.plans["a"].allowed["c"]
+    assert "198.19.3.0/24" not in sim.plans["a"].allowed["b"]
+    relay_a, port_a = sim.plans["a"].relayed["c"]
+    relay_c, port_c = sim.plans["c"].relayed["a"]
+    assert relay_a == relay_c == "b"
+    s = sim.nodes["b"].relays.sessions[("a", "c")]
+    assert s.ports == {"c": port_a, "a": port_c} and sorted(s.users) == ["a", "c"]
+    maps, _ = sim.nodes["b"].relays.forwarding(sim.nodes["b"]._hops)
+    assert sorted(maps) == sorted([(port_a, port_c, "node", "c", 0),
+                                   (port_c, port_a, "node", "a", 0)])
 
 
 def test_recovery_waits_for_hysteresis_then_returns_direct():

@@ -9,12 +9,32 @@ names = st.from_regex(r"[a-z0-9][a-z0-9-]{0,30}", fullmatch=True)
 SIG = bytes(range(64))
 
 
+MAC = (lambda b: bytes(range(16)))
+N8 = b"nonce-08"
+
+
 def test_probe_and_ack_round_trip():
-    m = decode(wire.encode_probe("hq", 0xFFFFFFFF, 1234))
+    m = decode(wire.encode_probe("hq", 0xFFFFFFFF, 1234, N8, MAC))
     assert (m.type, m.sender, m.seq, m.digest) == (wire.PROBE, "hq", 0xFFFFFFFF, 1234)
-    m = decode(wire.encode_ack("branch-2", 7, 0))
+    assert m.nonce == N8 and m.mac == bytes(range(16)) and m.maced == \
+        wire.encode_probe("hq", 0xFFFFFFFF, 1234, N8, MAC)[:-16]
+    m = decode(wire.encode_ack("branch-2", 7, 0, N8, MAC))
     assert (m.type, m.sender, m.seq, m.digest) == (wire.ACK, "branch-2", 7, 0)
-    assert len(wire.encode_probe("hq", 1, 2)) == 3 + 1 + 2 + 8   # compact: 14 bytes
+    # compact: 14 bytes of probe, 8 of nonce, 16 of MAC
+    assert len(wire.encode_probe("hq", 1, 2, N8, MAC)) == 3 + 1 + 2 + 8 + 8 + 16
+    assert wire.peek(wire.encode_probe("hq", 1, 2, N8, MAC)) == (wire.PROBE, "hq")
+    assert wire.peek(b"\x00junk") is None
+
+
+def test_relay_messages_round_trip():
+    m = decode(wire.encode_relay("a", "a", "c", True))
+    assert (m.type, m.sender, m.a, m.b, m.want) == (wire.RELAY, "a", "a", "c", 1)
+    m = decode(wire.encode_relayed("b", "a", "c", wire.GRANTED, 52000, 52001))
+    assert (m.type, m.a, m.b, m.status, m.ports) == (wire.RELAYED, "a", "c", 0, (52000, 52001))
+    for bad in (wire.encode_relay("a", "a", "c", True)[:-1] + b"\x02",
+                wire.encode_relay("a", "c", "c", True), wire.encode_relayed("b", "a", "c", 0)[:-1]):
+        with pytest.raises(wire.WireError):
+            decode(bad)
 
 
 def test_lsas_round_trip_and_split_under_datagram_limit():
@@ -38,16 +58,16 @@ def test_summary_and_request_round_trip():
     (b"", "truncated"),
     (b"\x00\x01\x01\x02hq" + bytes(8), "magic"),
     (b"\xa7\x01\x01\x02hq" + bytes(8), "version"),
-    (b"\xa7\x02\x09\x02hq" + bytes(8), "unknown message type"),
-    (b"\xa7\x02\x01\x02hq" + bytes(9), "trailing"),
-    (b"\xa7\x02\x01\x02hq" + bytes(7), "truncated"),
-    (b"\xa7\x02\x01\x02HQ" + bytes(8), "bad name"),
-    (b"\xa7\x02\x01\x00" + bytes(8), "bad name"),
-    (b"\xa7\x02\x01\x02-q" + bytes(8), "bad name"),
-    (b"\xa7\x02\x03\x02hq\x00", "empty"),
-    (b"\xa7\x02\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01b\x00\x00", "zero cost"),
-    (b"\xa7\x02\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01a\x00\x01", "self link"),
-    (b"\xa7\x02\x04\x02hq\xff\xff\x01a", "truncated"),
+    (b"\xa7\x03\x0f\x02hq" + bytes(8), "unknown message type"),
+    (b"\xa7\x03\x01\x02hq" + bytes(33), "trailing"),
+    (b"\xa7\x03\x01\x02hq" + bytes(31), "truncated"),
+    (b"\xa7\x03\x01\x02HQ" + bytes(32), "bad name"),
+    (b"\xa7\x03\x01\x00" + bytes(32), "bad name"),
+    (b"\xa7\x03\x01\x02-q" + bytes(32), "bad name"),
+    (b"\xa7\x03\x03\x02hq\x00", "empty"),
+    (b"\xa7\x03\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01b\x00\x00", "zero cost"),
+    (b"\xa7\x03\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01a\x00\x01", "self link"),
+    (b"\xa7\x03\x04\x02hq\xff\xff\x01a", "truncated"),
 ])
 def test_malformed_raises_wire_error(data, why):
     with pytest.raises(WireError, match=why):
@@ -55,7 +75,7 @@ def test_malformed_raises_wire_error(data, why):
 
 
 def test_every_truncation_of_valid_messages_is_rejected():
-    samples = [wire.encode_probe("hq", 5, 6)] + wire.encode_lsas("hq", [Lsa("a", 3, {"b": 9, "c": 1}, sig=SIG)])
+    samples = [wire.encode_probe("hq", 5, 6, N8, MAC)] + wire.encode_lsas("hq", [Lsa("a", 3, {"b": 9, "c": 1}, sig=SIG)])
     padded = wire.encode_summary("hq", [("a", 1)]) + wire.encode_request("hq", ["a"])
     for m in samples + [p.rstrip(b"\0") for p in padded]:
         for n in range(len(m)):
@@ -66,13 +86,13 @@ def test_every_truncation_of_valid_messages_is_rejected():
 
 def test_encoder_refuses_bad_values():
     with pytest.raises(WireError):
-        wire.encode_probe("Bad", 1, 1)
+        wire.encode_probe("Bad", 1, 1, N8, MAC)
     with pytest.raises(WireError):
         wire.encode_lsas("hq", [Lsa("a", 1, {"b": 0}, sig=SIG)])
     with pytest.raises(WireError, match="not signed"):
         wire.encode_lsas("hq", [Lsa("a", 1, {"b": 1})])
     with pytest.raises(WireError):
-        wire.encode_probe("hq", 1 << 32, 1)
+        wire.encode_probe("hq", 1 << 32, 1, N8, MAC)
 
 
 @settings(max_examples=400, deadline=None)

@@ -44,6 +44,8 @@ class Daemon:
         self.link_state = None
         self._plan = None              # the mesh core's routing plan (None: direct full mesh)
         self._plan_doc = None          # the document _plan is for
+        self._relay_maps = ()          # what this node forwards as a blind relay (mesh core)
+        self._learned = {}             # peer -> underlay IP its authenticated probes come from
         self.started = time.time()
         self.rejected = []             # reasons of the last rejected local document
         self.document_applies = 0      # documents applied (mesh route changes not counted)
@@ -230,6 +232,34 @@ class Daemon:
             self.link_state = state
             self.applier.submit(state)
 
+    def set_relays(self, maps):
+        self._relay_maps = maps
+        self._resubmit()
+
+    def peer_address(self, peer, addr):
+        if self._learned.get(peer) != addr[0]:
+            self._learned[peer] = addr[0]
+            self._resubmit()
+
+    def _resubmit(self):
+        state = self._desired()
+        if state is not None and state != self.link_state:
+            self.link_state = state
+            self.applier.submit(state)
+
+    def underlay(self, peer, port_key):
+        """(ip, port) of `peer` on the underlay: the address its authenticated path probes
+        come from, else its document endpoint's IP; port: a document setting's name, or a
+        number. None if neither is known (a name that needs DNS: known once it probes)."""
+        doc = self.document
+        n = doc.node(peer) if doc is not None else None
+        if n is None:
+            return None
+        ip = self._learned.get(peer) or desired.endpoint_ip(n)
+        if ip is None:
+            return None
+        return ip, doc.settings[port_key] if isinstance(port_key, str) else port_key
+
     def plan_for(self, doc):
         """The routing plan for `doc`: the mesh core's own while it is for this document;
         after a document change, its next hops carried over to the new document (computed
@@ -243,7 +273,7 @@ class Daemon:
         if self.document is None:
             return None
         return desired.link_state(self.cfg, self.document, self.private_key,
-                                  self.plan_for(self.document))
+                                  self.plan_for(self.document), self.underlay, self._relay_maps)
 
     async def _reconcile(self):
         state = self._desired()
@@ -353,6 +383,7 @@ class Daemon:
             "document_id": _document_id(doc),
             "uptime": round(now - self.started, 1), "peers": peers,
             "links": mesh["links"], "mesh": mesh["counters"], "lsdb": mesh["lsdb"],
+            "relay": mesh.get("relay"),
             "routes": routes, "rejected": self.rejected, "document_applies": self.document_applies,
             "fleet_state": self.fleet.state() if self.fleet is not None else None,
             "dataplane": {"apply_failures": self.applier.failures,
@@ -395,6 +426,8 @@ class Daemon:
         from .routing import MeshRouting
         self.mesh = MeshRouting(self)       # LanmeshError if its socket cannot be bound
         self.mesh.on_routes = self.set_plan
+        self.mesh.on_relays = self.set_relays
+        self.mesh.on_address = self.peer_address
         if self.fleet is not None:
             self.mesh.on_links = self.fleet.links_counted
         if self._tasks is not None:

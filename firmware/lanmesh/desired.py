@@ -18,20 +18,49 @@ def plan(doc, self_name, next_hops=None):
     return make_plan(self_name, nodes, next_hops)
 
 
-def link_state(cfg, doc, private_key, routing=None):
-    """routing: the plan (desired.plan / the mesh core's) to follow; None: direct mesh."""
+def endpoint_ip(node):
+    """The IP of a node's first endpoint when it is written as an address, else None."""
+    if not node.endpoints:
+        return None
+    host = node.endpoints[0].rpartition(":")[0].strip("[]")
+    return host if host and (host.count(".") == 3 and host.replace(".", "").isdigit()
+                             or ":" in host) else None
+
+
+def _port_of(node, default):
+    return int(node.endpoints[0].rpartition(":")[2]) if node.endpoints else default
+
+
+def link_state(cfg, doc, private_key, routing=None, underlay=None, relay_maps=()):
+    """routing: the plan (desired.plan / the mesh core's) to follow; None: direct mesh.
+    underlay(name, port) -> (ip, port) or None: where a node is on the underlay (the daemon's
+    learned addresses and the document). relay_maps: what this node forwards as a relay."""
     me = doc.node(cfg.name)
     s = doc.settings
-    allowed = (routing or plan(doc, cfg.name)).allowed
+    routing = routing or plan(doc, cfg.name)
     peers = []
     routes = {doc.overlay4, doc.overlay6}
     for name, n in doc.nodes.items():
         if name == cfg.name:
             continue
-        peers.append(PeerState(n.public_key, allowed[name],
-                               endpoint=n.endpoints[0] if n.endpoints else None,
+        endpoint = n.endpoints[0] if n.endpoints else None
+        relay = routing.relayed.get(name)
+        at = underlay(relay[0], relay[1]) if relay and underlay else None
+        if at is not None:                  # blind relay: the relay's port for this session
+            endpoint = f"[{at[0]}]:{at[1]}" if ":" in at[0] else f"{at[0]}:{at[1]}"
+        peers.append(PeerState(n.public_key, routing.allowed[name], endpoint=endpoint,
                                keepalive=s["keepalive"]))
         routes.update(n.lan)
+    relays = []
+    for port_in, port_out, kind, name, port in relay_maps:
+        n = doc.node(name)
+        if n is None or underlay is None:
+            continue
+        at = underlay(name, _port_of(n, s["listen_port"]) if kind == "node" else port)
+        if at is not None:
+            relays.append((port_in, port_out, at[0], at[1]))
+    base = s["relay_port_base"]
     return LinkState(cfg.interface, private_key, cfg.listen_port or s["listen_port"], peers,
                      addresses=(me.ipv4, me.ipv6), routes=routes, mtu=s["mtu"],
-                     mesh_port=s["mesh_port"])
+                     mesh_port=s["mesh_port"], relays=relays,
+                     relay_range=(base, base + 2 * s["relay_sessions"] - 1) if me.relay else None)

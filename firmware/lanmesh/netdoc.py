@@ -11,11 +11,15 @@ from .prefix import parse_endpoint, parse_prefix
 
 MAX_DOC_BYTES = 1 << 20          # 1 MiB: far above any real fleet, small enough for a router
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,30}\Z")   # match() anchors the start; \Z the end
+# path_port: link probes between underlay addresses, outside the tunnel (open it on the WAN);
+# relay_port_base..+2*relay_sessions-1: what a relay node forwards for blind relaying.
 DEFAULT_SETTINGS = {"listen_port": 51820, "keepalive": 25, "probe_interval_ms": 250,
-                    "confirm_window": 60, "mtu": 1420, "mesh_port": 51821}
+                    "confirm_window": 60, "mtu": 1420, "mesh_port": 51821, "path_port": 51822,
+                    "relay_port_base": 52000, "relay_sessions": 32}
 _SETTING_RANGES = {"listen_port": (1, 65535), "keepalive": (0, 3600), "mesh_port": (1, 65535),
                    "probe_interval_ms": (50, 10000), "confirm_window": (5, 3600),
-                   "mtu": (1280, 9000)}
+                   "mtu": (1280, 9000), "path_port": (1, 65535),
+                   "relay_port_base": (1024, 65000), "relay_sessions": (1, 256)}
 _TOP_KEYS = {"fleet", "version", "overlay", "settings", "nodes", "comment"}
 _NODE_KEYS = {"name", "public_key", "address", "lan", "endpoints", "relay", "comment"}
 
@@ -185,6 +189,19 @@ def _settings(s, p):
     if ports.get("mesh_port") == ports.get("listen_port"):
         p.append(f"settings.mesh_port: {ports['mesh_port']!r} is WireGuard's listen_port too; "
                  f"the mesh needs a port of its own")
+    if ports.get("path_port") in (ports.get("listen_port"), ports.get("mesh_port")):
+        p.append(f"settings.path_port: {ports['path_port']!r} is taken by listen_port or "
+                 f"mesh_port; path probes need a port of their own")
+    try:
+        lo = int(ports["relay_port_base"])
+        hi = lo + 2 * int(ports["relay_sessions"]) - 1
+        for k in ("listen_port", "mesh_port", "path_port"):
+            if isinstance(ports.get(k), int) and lo <= ports[k] <= hi:
+                p.append(f"settings.{k}: {ports[k]!r} is inside the relay ports {lo}..{hi}")
+        if hi > 65535:
+            p.append(f"settings.relay_sessions: relay ports {lo}..{hi} end above 65535")
+    except (TypeError, ValueError):
+        pass                        # the range check below says what is wrong
     for k, v in s.items():
         if k not in _SETTING_RANGES:
             p.append(f"settings.{k}: unknown setting")

@@ -1,13 +1,17 @@
 # Runs the pure mesh core (mesh/node.py) on the daemon's loop: datagrams from the mesh socket
-# become MessageReceived facts, the core's deadlines drive tick(), and its effects go out as
-# datagrams (SendMessage) or as new next hops for the data plane (RoutesChanged).
+# (inside the tunnel) and the path socket (link probes between underlay addresses, outside
+# it) become MessageReceived facts, the core's deadlines drive tick(), and its effects go out
+# as datagrams (SendMessage), as new routes for the data plane (RoutesChanged), as what this
+# node forwards as a blind relay (RelayMaps), and as peers' underlay addresses (PeerAddress).
 from .log import getLogger
 
 from . import aio
-from .adapters.udp import MeshSocket, host_of
+from .adapters.udp import MeshSocket, PathSocket, host_of
 from .advert_keys import AdvertKeys
 from .errors import LanmeshError
-from .mesh.node import DocumentChanged, LinkChanged, MeshNode, MessageReceived, RoutesChanged, SendMessage
+from .mesh import wire
+from .mesh.node import (DocumentChanged, LinkChanged, MeshNode, MessageReceived, PeerAddress,
+                        RelayMaps, RoutesChanged, SendMessage)
 from .ticks import ticks_add, ticks_diff, ticks_ms
 
 log = getLogger("lanmesh.mesh")
@@ -21,6 +25,10 @@ class MeshRouting:
         self.keys = AdvertKeys(daemon.private_key)
         self.core = MeshNode(daemon.cfg.name, list(doc.nodes.values()), doc.settings, keys=self.keys)
         self.sock = None
+        self.path = None               # the path socket (None in-process: probes go in-tunnel)
+        self._path_watch = None
+        self.on_relays = None          # maps -> None: what this node forwards as a relay
+        self.on_address = None         # (peer, (ip, port)) -> None: a peer's underlay address
         self.by_address = {}
         self.addresses = {}
         self.unknown_source = 0
@@ -49,7 +57,28 @@ class MeshRouting:
             raise LanmeshError(f"mesh socket [{host_of(me.ipv6)}]:{port} on "
                                f"{self.daemon.cfg.interface}: {e.strerror or e}") from None
 
+    def _bind_path(self, doc):
+        """The path socket on the document's path_port (real daemons only)."""
+        if self.daemon.mesh_socket is not None:
+            return
+        port = doc.settings["path_port"]
+        if self.path is not None and self.path.port == port:
+            return
+        try:
+            new = PathSocket(port)
+        except OSError as e:
+            log.error("path probes: cannot bind UDP port %d (%s); links are probed inside the "
+                      "tunnel until it can", port, e.strerror or e)
+            return
+        if self._path_watch is not None:
+            self._path_watch.close()
+            self._path_watch = aio.on_readable(new, self._path_readable)
+        if self.path is not None:
+            self.path.close()
+        self.path = new
+
     def _bind(self, doc, sock=None):
+        self._bind_path(doc)
         self.addresses = {n.name: host_of(n.ipv6) for n in doc.nodes.values()}
         self.by_address = {a: name for name, a in self.addresses.items()}
         sock = sock or self.socket_for(doc)
@@ -96,14 +125,26 @@ class MeshRouting:
                         adverts_signed=self.keys.signed, adverts_verified=self.keys.verified,
                         loop_late_max_ms=self.late_max_ms)
         return {"links": links, "next_hops": st["next_hops"], "counters": counters,
-                "lsdb": st["lsdb"]}
+                "lsdb": st["lsdb"], "relayed": st["relayed"], "relay": st["relay"]}
 
     def _effects(self, effects):
         for e in effects:
             if isinstance(e, SendMessage):
+                if self.path is not None and e.data[2] in (wire.PROBE, wire.ACK):
+                    to = e.to or self.daemon.underlay(e.peer, "path_port")
+                    if to is not None:
+                        self.path.send(to, e.data)
+                    continue
                 addr = self.addresses.get(e.peer)
                 if addr is not None:
                     self.sock.send(addr, e.data)
+            elif isinstance(e, RelayMaps):
+                log.info("relay: forwarding %d session directions", len(e.maps))
+                if self.on_relays is not None:
+                    self.on_relays(e.maps)
+            elif isinstance(e, PeerAddress):
+                if self.on_address is not None:
+                    self.on_address(e.peer, e.addr)
             elif isinstance(e, RoutesChanged):
                 hops = e.plan.next_hops
                 log.info("routes: %s", ", ".join(
@@ -129,6 +170,19 @@ class MeshRouting:
                 self._effects(self.core.handle(MessageReceived(peer, data), ticks_ms()))
         except Exception:
             log.exception("mesh: handling a datagram failed")
+        self._schedule()
+
+    def _path_readable(self):
+        self.wakeups += 1
+        try:
+            for src, data in self.path.receive():
+                head = wire.peek(data)
+                if head is None or head[1] not in self.addresses:
+                    self.unknown_source += 1
+                    continue
+                self._effects(self.core.handle(MessageReceived(head[1], data, via=src), ticks_ms()))
+        except Exception:
+            log.exception("mesh: handling a path datagram failed")
         self._schedule()
 
     def _due(self):
@@ -166,14 +220,21 @@ class MeshRouting:
     async def run(self, stopped):
         self._timer = aio.Timer(self._due)
         self._watching = aio.on_readable(self.sock, self._readable)
+        if self.path is not None:
+            self._path_watch = aio.on_readable(self.path, self._path_readable)
         self._schedule()
         try:
             await stopped.wait()
         finally:
             self._unwatch()
+            if self._path_watch is not None:
+                self._path_watch.close()
+                self._path_watch = None
             self._timer.cancel()
             self._timer = None
 
     def close(self):
         if self.sock is not None:
             self.sock.close()
+        if self.path is not None:
+            self.path.close()

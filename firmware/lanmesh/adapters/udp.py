@@ -95,3 +95,47 @@ def _arrived_on(ancillary):
         if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 20:
             return struct.unpack_from("=I", data, 16)[0]
     return None
+
+
+class PathSocket:
+    """Link probes outside the tunnel (issue 14): UDP on the path port of every underlay
+    address (IPv4). What arrives is believed only if its MAC verifies (the mesh core)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.send_errors = 0
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            s.close()
+            raise
+        s.setblocking(False)
+        self.sock = s
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def send(self, addr, data):
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as e:
+            if e.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EAGAIN, errno.ENOBUFS,
+                               errno.EADDRNOTAVAIL, errno.EINVAL, errno.EPERM, errno.ECONNREFUSED):
+                raise
+            self.send_errors += 1
+
+    def receive(self):
+        """[((ip, port), data)] waiting now."""
+        out = []
+        while True:
+            try:
+                data, src = self.sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return out
+            except OSError:
+                return out          # e.g. ECONNREFUSED from an earlier send: nothing to read
+            out.append(((src[0], src[1]), data))
+
+    def close(self):
+        self.sock.close()

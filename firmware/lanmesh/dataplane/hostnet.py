@@ -219,7 +219,8 @@ class HostNet:
 
     def _apply_nft(self, state, changes):
         text = nft.render(self.ifname, mss_clamp=state.mss_clamp, forwarding=state.forwarding,
-                          mesh_port=state.mesh_port)
+                          mesh_port=state.mesh_port, relays=state.relays,
+                          relay_range=state.relay_range)
         if text == self._nft_text:
             return
         self._nft_touched = True

@@ -27,10 +27,11 @@ class PeerState:
 
 class LinkState:
     __slots__ = ("ifname", "private_key", "listen_port", "peers", "addresses", "routes", "mtu",
-                 "forwarding", "mss_clamp", "mesh_port")
+                 "forwarding", "mss_clamp", "mesh_port", "relays", "relay_range")
 
     def __init__(self, ifname, private_key, listen_port, peers=(), addresses=(), routes=(),
-                 mtu=1420, forwarding=True, mss_clamp=True, mesh_port=None):
+                 mtu=1420, forwarding=True, mss_clamp=True, mesh_port=None, relays=(),
+                 relay_range=None):
         self.ifname = ifname
         self.private_key = private_key          # WireGuard base64
         self.listen_port = int(listen_port)
@@ -41,11 +42,15 @@ class LinkState:
         self.forwarding = bool(forwarding)       # ip_forward / ipv6 forwarding + nft forward accept
         self.mss_clamp = bool(mss_clamp)         # nft TCP MSS clamp to the tunnel's path MTU
         self.mesh_port = mesh_port               # nft drops this UDP port unless it came in the tunnel
+        # blind relay forwards: (port in, port out, to ip, to port), see nft.render
+        self.relays = tuple(sorted(tuple(r) for r in relays))
+        self.relay_range = tuple(relay_range) if relay_range else None   # (first, last) port
 
     def key(self):
         return (self.ifname, self.private_key, self.listen_port,
                 tuple(sorted(p.key() for p in self.peers.values())),
-                self.addresses, self.routes, self.mtu, self.forwarding, self.mss_clamp, self.mesh_port)
+                self.addresses, self.routes, self.mtu, self.forwarding, self.mss_clamp, self.mesh_port,
+                self.relays, self.relay_range)
 
     def __eq__(self, other):
         return isinstance(other, LinkState) and self.key() == other.key()

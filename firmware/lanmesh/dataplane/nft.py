@@ -10,6 +10,7 @@ import subprocess
 from ..errors import BackendError
 
 _SAFE_IFNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
+_SAFE_IP = re.compile(r"^[0-9A-Fa-f.:]{2,45}$")
 
 
 def table_name(ifname):
@@ -17,8 +18,11 @@ def table_name(ifname):
     return "lanmesh_" + re.sub(r"[^A-Za-z0-9_]", "_", ifname)
 
 
-def render(ifname, mss_clamp=True, forwarding=True, mesh_port=None):
-    """The table as `nft -f` text, or "" when there is nothing to install."""
+def render(ifname, mss_clamp=True, forwarding=True, mesh_port=None, relays=(), relay_range=None):
+    """The table as `nft -f` text, or "" when there is nothing to install.
+    relays: (port in, port out, to ip, to port) — this node as a blind relay: UDP arriving on
+    `port in` goes on to `to ip:to port`, leaving from `port out` (mesh/relay.py), in the
+    kernel: the WireGuard ciphertext is never decrypted here."""
     if not _SAFE_IFNAME.match(ifname):
         raise BackendError(f"interface name {ifname!r} cannot be used in an nftables rule")
     rules = []
@@ -41,11 +45,38 @@ def render(ifname, mss_clamp=True, forwarding=True, mesh_port=None):
         # A drop in any base chain is final, whatever fw4 or another table accepts later.
         chains.append(("input", "input priority -10", [
             f'udp dport {mesh_port} iifname != "{ifname}" counter drop comment "mesh port: tunnel only"']))
+    if relay_range is not None:
+        # A datagram to a relay port that no session maps yet (the grant raced the rules) is
+        # dropped before conntrack confirms it: else its un-NATed entry would outlive the
+        # mapping that follows, and the session would go nowhere for conntrack's timeout.
+        lo, hi = relay_range
+        rule = f'udp dport {lo}-{hi} counter drop comment "relay port without a session"'
+        for c in chains:
+            if c[0] == "input":
+                c[2].append(rule)
+                break
+        else:
+            chains.append(("input", "input priority -10", [rule]))
+    pre, post = [], []
+    for port_in, port_out, ip, port in relays:
+        for v in (port_in, port_out, port):
+            if not isinstance(v, int) or not 0 < v < 65536:
+                raise BackendError(f"relay port {v!r} is not a port")
+        fam = "ip6" if ":" in ip else "ip"
+        if not _SAFE_IP.match(ip):
+            raise BackendError(f"relay target {ip!r} is not an IP address")
+        to = f"[{ip}]:{port}" if fam == "ip6" else f"{ip}:{port}"
+        pre.append(f"udp dport {port_in} dnat {fam} to {to}")
+        post.append(f"meta l4proto udp ct original proto-dst {port_in} masquerade to :{port_out}")
+    if pre:
+        chains.append(("relay_in", "prerouting priority dstnat", pre, "nat"))
+        chains.append(("relay_out", "postrouting priority srcnat", post, "nat"))
     if not chains:
         return ""
     out = [f"table inet {table_name(ifname)} {{\n"]
-    for name, hook, lines in chains:
-        out.append(f"\tchain {name} {{\n\t\ttype filter hook {hook}; policy accept;\n")
+    for name, hook, lines, *kind in chains:
+        out.append(f"\tchain {name} {{\n\t\ttype {kind[0] if kind else 'filter'} hook {hook}; "
+                   f"policy accept;\n")
         out.extend(f"\t\t{r}\n" for r in lines)
         out.append("\t}\n")
     out.append("}\n")

@@ -4,8 +4,13 @@
 #   node = MeshNode("hq", doc["nodes"], doc["settings"], keys=AdvertKeys(private_key))
 #   effects = node.handle(MessageReceived("branch", data), now)   # or DocumentChanged(...)
 #   effects = node.tick(now)          # when now reaches node.next_deadline()
-# Effects: SendMessage(peer, data) - UDP to the peer's pinned probe address, inside the tunnel;
-#          RoutesChanged(plan)       - new allowed IPs per peer (plan.Plan);
+# Effects: SendMessage(peer, data, to) - PROBE/ACK: UDP on the path port to the peer's
+#                                    underlay address (`to`, else the one the runner knows),
+#                                    outside the tunnel; anything else: to the peer's pinned
+#                                    probe address, inside the tunnel;
+#          RoutesChanged(plan)       - next hops, and the relay each relayed peer sends to;
+#          RelayMaps(maps)           - what this node's kernel forwards as a blind relay;
+#          PeerAddress(peer, addr)   - an authenticated path message came from this address;
 #          LinkChanged(peer, up, rtt_ms, cost) - for the log.
 # `keys` signs our own LSAs and verifies everyone else's against the public key the
 # document lists for their origin (sign(message) -> 64 bytes, verify(public_key, message,
@@ -19,6 +24,7 @@ from .links import Link, DEFAULT_INTERVAL_MS
 from .lsdb import Lsdb, REFRESH_MS, MAX_AGE_MS, NEWER, OLDER, OWN
 from .paths import shortest_paths
 from .plan import node_facts, make_plan
+from .relay import Relays
 
 PROBE_SLACK_PCT = 20    # probes due within this share of the interval go with the current wake-up
 SPF_DELAY_MS = 10       # batch the LSAs of one event (both ends of a link) into one computation
@@ -29,11 +35,12 @@ FIGHT_BACK_MS = 1000    # re-originations forced by an old copy of our own LSA: 
 
 
 class MessageReceived:
-    __slots__ = ("from_peer", "data")
+    __slots__ = ("from_peer", "data", "via")
 
-    def __init__(self, from_peer, data):
-        self.from_peer = from_peer      # peer name, from the pinned source address
-        self.data = data
+    def __init__(self, from_peer, data, via=None):
+        self.from_peer = from_peer      # peer name: from the pinned source address (tunnel),
+        self.data = data                # or as the datagram claims (path: its MAC decides)
+        self.via = via                  # path messages: the underlay (ip, port) it came from
 
 
 class DocumentChanged:
@@ -45,11 +52,12 @@ class DocumentChanged:
 
 
 class SendMessage:
-    __slots__ = ("peer", "data")
+    __slots__ = ("peer", "data", "to")
 
-    def __init__(self, peer, data):
+    def __init__(self, peer, data, to=None):
         self.peer = peer
         self.data = data
+        self.to = to
 
     def __repr__(self):
         return "SendMessage(%s, %d bytes)" % (self.peer, len(self.data))
@@ -63,6 +71,27 @@ class RoutesChanged:
 
     def __repr__(self):
         return "RoutesChanged(%r)" % (self.plan,)
+
+
+class RelayMaps:
+    __slots__ = ("maps",)
+
+    def __init__(self, maps):
+        self.maps = maps                # see relay.Relays.forwarding
+
+    def __repr__(self):
+        return "RelayMaps(%r)" % (self.maps,)
+
+
+class PeerAddress:
+    __slots__ = ("peer", "addr")
+
+    def __init__(self, peer, addr):
+        self.peer = peer
+        self.addr = addr
+
+    def __repr__(self):
+        return "PeerAddress(%s, %r)" % (self.peer, self.addr)
 
 
 class LinkChanged:
@@ -105,8 +134,13 @@ class MeshNode:
         self.seq = 0
         self.adjacent = set()           # peers whose link we advertise as up
         self.plan = None
+        self.relays = Relays(name)
+        self._hops = {}                 # the last computed next hops
+        self._maps = ()                 # what we forward as a relay (last RelayMaps)
+        self._nonces = {}               # peer -> {seq: nonce} of our outstanding path probes
+        self._addr = {}                 # peer -> underlay address its path messages come from
         self.counters = {"malformed": 0, "bad_sender": 0, "unknown_origin": 0,
-                         "bad_signature": 0, "answers_cut": 0, "fight_backs": 0,
+                         "bad_signature": 0, "bad_mac": 0, "answers_cut": 0, "fight_backs": 0,
                          "rx_msgs": 0, "rx_bytes": 0, "tx_msgs": 0, "tx_bytes": 0, "spf_runs": 0}
         self._fight_at = None           # earliest next re-origination forced by a fight-back
         self._now = None
@@ -121,7 +155,7 @@ class MeshNode:
     def handle(self, fact, now):
         out = self._start(now)
         if isinstance(fact, MessageReceived):
-            if self._message(fact.from_peer, fact.data, now, out):
+            if self._message(fact.from_peer, fact.data, now, out, fact.via):
                 self._probe(now, out)
         elif isinstance(fact, DocumentChanged):
             self._document(fact.nodes, fact.settings, now, out)
@@ -134,6 +168,7 @@ class MeshNode:
         out = self._start(now)
         self._probe(now, out)
         self._settle_links(now, out)
+        self._relay_tick(now, out)
         if self.lsdb.expire(now):
             self._dirty(now)
         if ticks_diff(now, self._refresh_at) >= 0:
@@ -152,6 +187,7 @@ class MeshNode:
         for link in self.links.values():
             d = ticks_min(d, link.next_deadline())
         d = ticks_min(d, self.lsdb.next_deadline())
+        d = ticks_min(d, self.relays.next_deadline())
         for peer in self._mismatch:
             if peer in self.adjacent:
                 d = ticks_min(d, self._sync_due(peer))
@@ -167,6 +203,8 @@ class MeshNode:
         return {"links": links,
                 "routes": dict(plan.routes) if plan else {},
                 "next_hops": dict(plan.next_hops) if plan else {},
+                "relayed": dict(plan.relayed) if plan else {},
+                "relay": self.relays.status(),
                 "lsdb": {o: self.lsdb.get(o).seq for o in self.lsdb.origins()},
                 "counters": dict(self.counters)}
 
@@ -189,6 +227,9 @@ class MeshNode:
             self.public_keys[node_facts(n)[0]] = _public_key(n)
         if settings and settings.get("probe_interval_ms"):
             self.interval = int(settings["probe_interval_ms"])
+        me = self.nodes.get(self.name)
+        self.relays.configure(bool(me and me[4]), int((settings or {}).get("relay_port_base", 52000)),
+                              int((settings or {}).get("relay_sessions", 32)))
         for peer in sorted(self.nodes):
             if peer == self.name:
                 continue
@@ -215,13 +256,30 @@ class MeshNode:
         for peer in sorted(self.links):
             seq = self.links[peer].tick(now, slack)
             if seq is not None:
-                out.append(SendMessage(peer, wire.encode_probe(self.name, seq, self.lsdb.digest())))
+                nonce = self.keys.nonce()
+                sent = self._nonces.setdefault(peer, {})
+                sent[seq] = nonce
+                if len(sent) > 16:
+                    del sent[min(sent)]
+                data = self._path(peer, wire.encode_probe, seq, nonce)
+                if data is not None:
+                    out.append(SendMessage(peer, data))
+
+    def _path(self, peer, encode, seq, nonce):
+        """A PROBE/ACK under the pair's MAC; None if the peer's key cannot make one."""
+        tag = [None]
+
+        def mac(b):
+            tag[0] = self.keys.path_mac(self.public_keys.get(peer), b)
+            return tag[0] or bytes(wire.MAC_BYTES)
+        data = encode(self.name, seq, self.lsdb.digest(), nonce, mac)
+        return data if tag[0] else None
 
     def _forget(self, peer):
         for d in (self._mismatch, self._sync_at, self._backoff):
             d.pop(peer, None)
 
-    def _message(self, peer, data, now, out):
+    def _message(self, peer, data, now, out, via=None):
         self.counters["rx_msgs"] += 1
         self.counters["rx_bytes"] += len(data)
         try:
@@ -233,12 +291,37 @@ class MeshNode:
             self.counters["bad_sender"] += 1
             return False
         budget = [ANSWER_FACTOR * len(data)]
-        if m.type == wire.PROBE:
-            out.append(SendMessage(peer, wire.encode_ack(self.name, m.seq, self.lsdb.digest())))
+        if m.type == wire.PROBE or m.type == wire.ACK:
+            tag = self.keys.path_mac(self.public_keys.get(peer), m.maced)
+            if tag is None or tag != m.mac:
+                self.counters["bad_mac"] += 1
+                return False
+            if m.type == wire.ACK:
+                if self._nonces.get(peer, {}).pop(m.seq, None) != m.nonce:
+                    self.counters["bad_mac"] += 1      # not an answer to a probe of ours
+                    return False
+                self.links[peer].acked(m.seq, now)
+            else:
+                ack = self._path(peer, wire.encode_ack, m.seq, m.nonce)
+                if ack is not None:
+                    out.append(SendMessage(peer, ack, via))
+            if via is not None and self._addr.get(peer) != via:
+                self._addr[peer] = via
+                out.append(PeerAddress(peer, via))
             self._digest_seen(peer, m.digest, now)
-        elif m.type == wire.ACK:
-            self.links[peer].acked(m.seq, now)
-            self._digest_seen(peer, m.digest, now)
+        elif via is not None:
+            self.counters["bad_sender"] += 1           # only probes travel outside the tunnel
+            return False
+        elif m.type == wire.RELAY:
+            answer = self.relays.request(peer, m.a, m.b, m.want, self.nodes, now)
+            if answer is not None:
+                out.append(SendMessage(peer, wire.encode_relayed(self.name, m.a, m.b, *(
+                    (answer[0],) + tuple(answer[1])))))
+            self._relay_tick(now, out)
+        elif m.type == wire.RELAYED:
+            if self.relays.granted(peer, m.a, m.b, m.status, m.ports, now):
+                self._dirty(now)
+            self._relay_tick(now, out)
         elif m.type == wire.LSAS:
             self._lsas(peer, m.lsas, now, out, budget)
         elif m.type == wire.SUMMARY:
@@ -389,10 +472,38 @@ class MeshNode:
         relays = set(n for n, f in self.nodes.items() if f[4])
         table = self.lsdb.link_table()
         next_hop, _, _ = shortest_paths(self.name, table, relays)
-        plan = make_plan(self.name, self.nodes, next_hop)
+        self._hops = dict(next_hop)
+        self._relay_tick(self._now, out, plan=False)
+        relayed = {}
+        for dest, via in next_hop.items():
+            if via is not None and via != dest and dest != self.name:
+                p = self.relays.port(via, self.name, dest, dest)
+                if p is not None:
+                    relayed[dest] = (via, p)
+        plan = make_plan(self.name, self.nodes, next_hop, relayed)
         if plan != self.plan:
             self.plan = plan
             out.append(RoutesChanged(plan))
+
+    def _relay_tick(self, now, out, plan=True):
+        """Ask relays for what our routes need, refresh and release; forward as a relay what
+        our sessions need now. plan: also recompute routes if a grant changed."""
+        self.relays.expire(now)
+        maps, onward = self.relays.forwarding(self._hops)
+        wanted = set(onward)
+        for dest, via in self._hops.items():
+            if via is not None and via != dest and dest != self.name and dest in self.nodes:
+                wanted.add((via,) + (tuple(sorted((self.name, dest)))))
+        before = {k: (a.ports and dict(a.ports)) for k, a in self.relays.asks.items()}
+        for peer, data in self.relays.want(wanted, now):
+            if peer in self.links:
+                out.append(SendMessage(peer, data))
+        if maps != self._maps:
+            self._maps = maps
+            out.append(RelayMaps(maps))
+        after = {k: (a.ports and dict(a.ports)) for k, a in self.relays.asks.items()}
+        if plan and before != after:
+            self._dirty(now)
 
     def _count(self, out):
         for e in out:

@@ -1,31 +1,43 @@
-# The mesh control messages on the wire: probe, probe-ack, LSAs, DB summary and LSA request.
-# Binary, big-endian, strictly bounds-checked: any malformed datagram raises WireError, which
-# the node counts and drops. Messages travel inside WireGuard between pinned probe addresses
-# (the socket takes only what arrived through the tunnel), so the tunnel authenticates the
-# neighbour that sent it; the sender name inside is checked against it. An LSA is also
-# signed by its origin (XEdDSA with the origin's WireGuard key, see lanmesh.ed25519), so a
-# neighbour can forward it but not forge or alter it.
+# The mesh control messages on the wire: path probe and ack, LSAs, DB summary, LSA request,
+# and relay requests. Binary, big-endian, strictly bounds-checked: any malformed datagram
+# raises WireError, which the node counts and drops.
+# PROBE and ACK measure the *direct* path between two routers, so they travel outside the
+# tunnel (UDP between underlay addresses, on the path port): each carries a random nonce and
+# a 16-byte MAC under the pair's key (from X25519 of the two WireGuard keys: only the two
+# ends have it), and an ACK must echo the nonce of a probe we sent. Everything else travels
+# inside WireGuard between pinned probe addresses (the socket takes only what arrived through
+# the tunnel), so the tunnel authenticates the neighbour that sent it; the sender name inside
+# is checked against it. An LSA is also signed by its origin (XEdDSA with the origin's
+# WireGuard key, see lanmesh.ed25519), so a neighbour can forward it but not forge or alter it.
 #
-# Every message:  magic 0xA7 | version 2 | type u8 | sender name (u8 len + [a-z0-9-])
-#   PROBE   1:  seq u32 | digest u32              (digest = sender's link-state DB digest)
-#   ACK     2:  seq u32 | digest u32              (seq echoed from the probe)
+# Every message:  magic 0xA7 | version 3 | type u8 | sender name (u8 len + [a-z0-9-])
+#   PROBE   1:  seq u32 | digest u32 | nonce 8 | mac 16   (digest = sender's LSDB digest)
+#   ACK     2:  seq u32 | digest u32 | nonce 8 | mac 16   (seq and nonce echoed)
 #   LSAS    3:  count u8 | count x LSA
 #                 LSA = origin name | seq u32 | age_s u16 | nlinks u16 | nlinks x (name | cost u16)
 #                       | signature 64 bytes over signed_bytes(LSA) (everything but the age)
 #   SUMMARY 4:  count u16 | count x (origin name | seq u32) | zero padding
 #   REQUEST 5:  count u16 | count x origin name | zero padding
+#   RELAY   8:  a name | b name | want u8        (forward session {a, b} for me; 0: release)
+#   RELAYED 9:  a name | b name | status u8 | port_a u16 | port_b u16
+#               (send toward a to my port_a, toward b to port_b; status 0 = granted)
 # SUMMARY and REQUEST are padded to MAX_DATAGRAM: what they make the receiver send back is
 # bounded by twice their size (no amplification), so they must carry the size they ask for.
 # Names follow the document's rule [a-z0-9][a-z0-9-]{0,30}; costs are 1..65535; names in a
 # SUMMARY or REQUEST are de-duplicated on decoding.
 
 MAGIC = 0xA7
-VERSION = 2
+VERSION = 3
 PROBE = 1
 ACK = 2
 LSAS = 3
 SUMMARY = 4
 REQUEST = 5
+RELAY = 8
+RELAYED = 9
+NONCE_BYTES = 8
+MAC_BYTES = 16
+GRANTED, NOT_RELAY, FULL, NO_PATH = 0, 1, 2, 3
 MAX_DATAGRAM = 1200  # LSA batches are split to stay under this; one oversized LSA goes alone
 U32 = 0xFFFFFFFF
 SIG_BYTES = 64
@@ -61,9 +73,11 @@ class Lsa:
 
 
 class Message:
-    """A decoded message. Fields by type: PROBE/ACK seq+digest, LSAS lsas,
-    SUMMARY entries [(origin, seq)], REQUEST origins."""
-    __slots__ = ("type", "sender", "seq", "digest", "lsas", "entries", "origins")
+    """A decoded message. Fields by type: PROBE/ACK seq+digest+nonce+mac (and `maced`, the
+    bytes the mac covers), LSAS lsas, SUMMARY entries [(origin, seq)], REQUEST origins,
+    RELAY a+b+want, RELAYED a+b+status+ports (port_a, port_b)."""
+    __slots__ = ("type", "sender", "seq", "digest", "lsas", "entries", "origins", "nonce",
+                 "mac", "maced", "a", "b", "want", "status", "ports")
 
     def __init__(self, type, sender, seq=0, digest=0, lsas=(), entries=(), origins=()):
         self.type = type
@@ -73,6 +87,10 @@ class Message:
         self.lsas = lsas
         self.entries = entries
         self.origins = origins
+        self.nonce = self.mac = self.maced = b""
+        self.a = self.b = None
+        self.want = self.status = 0
+        self.ports = (0, 0)
 
 
 def valid_name(name):
@@ -114,18 +132,57 @@ def _head(type, sender):
     return out
 
 
-def encode_probe(sender, seq, digest):
-    out = _head(PROBE, sender)
+def _path(type, sender, seq, digest, nonce, mac):
+    """mac(bytes) -> MAC_BYTES: the pair's MAC over everything before it."""
+    if len(nonce) != NONCE_BYTES:
+        raise WireError("nonce must be %d bytes" % NONCE_BYTES)
+    out = _head(type, sender)
     _u32(out, seq)
     _u32(out, digest)
+    out.extend(nonce)
+    tag = mac(bytes(out))
+    if len(tag) != MAC_BYTES:
+        raise WireError("mac must be %d bytes" % MAC_BYTES)
+    out.extend(tag)
     return bytes(out)
 
 
-def encode_ack(sender, seq, digest):
-    out = _head(ACK, sender)
-    _u32(out, seq)
-    _u32(out, digest)
+def encode_probe(sender, seq, digest, nonce, mac):
+    return _path(PROBE, sender, seq, digest, nonce, mac)
+
+
+def encode_ack(sender, seq, digest, nonce, mac):
+    return _path(ACK, sender, seq, digest, nonce, mac)
+
+
+def encode_relay(sender, a, b, want):
+    out = _head(RELAY, sender)
+    _name(out, a)
+    _name(out, b)
+    out.append(1 if want else 0)
     return bytes(out)
+
+
+def encode_relayed(sender, a, b, status, port_a=0, port_b=0):
+    out = _head(RELAYED, sender)
+    _name(out, a)
+    _name(out, b)
+    out.append(status & 0xFF)
+    _u16(out, port_a)
+    _u16(out, port_b)
+    return bytes(out)
+
+
+def peek(data):
+    """(type, sender) from a datagram's header, or None: who a path datagram claims to be
+    from, so that its MAC can be checked with that pair's key."""
+    try:
+        r = _Reader(bytes(data[:36]))
+        if r.u8() != MAGIC or r.u8() != VERSION:
+            return None
+        return r.u8(), r.name()
+    except WireError:
+        return None
 
 
 def _links_bytes(out, links):
@@ -259,6 +316,21 @@ def decode(data):
     sender = r.name()
     if t == PROBE or t == ACK:
         m = Message(t, sender, seq=r.u32(), digest=r.u32())
+        m.nonce = bytes(r.take(NONCE_BYTES))
+        m.maced = r.b[:r.i]
+        m.mac = bytes(r.take(MAC_BYTES))
+    elif t == RELAY or t == RELAYED:
+        m = Message(t, sender)
+        m.a, m.b = r.name(), r.name()
+        if m.a == m.b:
+            raise WireError("a session needs two ends")
+        if t == RELAY:
+            m.want = r.u8()
+            if m.want > 1:
+                raise WireError("bad want %d" % m.want)
+        else:
+            m.status = r.u8()
+            m.ports = (r.u16(), r.u16())
     elif t == LSAS:
         count = r.u8()
         if count == 0:
