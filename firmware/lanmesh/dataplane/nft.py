@@ -66,7 +66,7 @@ def render(ifname, mss_clamp=True, forwarding=True, mesh_port=None, relays=(), r
         if not _SAFE_IP.match(ip):
             raise BackendError(f"relay target {ip!r} is not an IP address")
         to = f"[{ip}]:{port}" if fam == "ip6" else f"{ip}:{port}"
-        pre.append(f"udp dport {port_in} dnat {fam} to {to}")
+        pre.append(f"udp dport {port_in} counter dnat {fam} to {to}")
         post.append(f"meta l4proto udp ct original proto-dst {port_in} masquerade to :{port_out}")
     if pre:
         chains.append(("relay_in", "prerouting priority dstnat", pre, "nat"))
