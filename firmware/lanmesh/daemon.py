@@ -19,6 +19,7 @@ from .errors import BackendError, DocumentError, LanmeshError
 from .keys import read_private_key, pubkey
 
 PREVIOUS_KEY = ".prev"   # beside the key file: the key a console rekey replaced
+RESOLVE_S = 60           # endpoint names are looked up again this often for path probes
 SUPERVISE_MS = 1000      # document-file watch and mesh socket check (the applier supervises
                          # the backend itself, off the loop)
 log = getLogger("lanmesh")
@@ -46,6 +47,7 @@ class Daemon:
         self._plan_doc = None          # the document _plan is for
         self._relay_maps = ()          # what this node forwards as a blind relay (mesh core)
         self._learned = {}             # peer -> underlay IP its authenticated probes come from
+        self._resolved = {}            # endpoint name -> (IPv4 or None, when looked up)
         self.started = time.time()
         self.rejected = []             # reasons of the last rejected local document
         self.document_applies = 0      # documents applied (mesh route changes not counted)
@@ -256,9 +258,32 @@ class Daemon:
         if n is None:
             return None
         ip = self._learned.get(peer) or desired.endpoint_ip(n)
+        if ip is None and n.endpoints:
+            ip = self._lookup(n.endpoints[0].rpartition(":")[0].strip("[]"))
         if ip is None:
             return None
         return ip, doc.settings[port_key] if isinstance(port_key, str) else port_key
+
+    def _lookup(self, host):
+        """A name's IPv4 for path probes, looked up off the loop (a slow resolver must not
+        stall it): None until the answer is in; asked again every RESOLVE_S."""
+        got = self._resolved.get(host)
+        now = time.monotonic()
+        if got is not None and now - got[1] < RESOLVE_S:
+            return got[0]
+        self._resolved[host] = (got[0] if got else None, now)
+
+        def work():
+            import socket
+            from .adapters import dns
+            try:
+                ip = dns.getaddrinfo(host, 0, socket.SOCK_DGRAM)
+                ip = next((a[4][0] for a in ip if a[0] == socket.AF_INET), None)
+            except OSError:
+                ip = None
+            self._resolved[host] = (ip, time.monotonic())
+        threading.Thread(target=work, name="lanmesh-path-dns", daemon=True).start()
+        return got[0] if got else None
 
     def plan_for(self, doc):
         """The routing plan for `doc`: the mesh core's own while it is for this document;
