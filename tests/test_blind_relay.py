@@ -6,6 +6,7 @@
 # counters do not grow with that traffic, A and C need no new handshake, and when the path
 # heals the traffic goes direct again and the relay forgets the session.
 import json
+import os
 import subprocess
 import sys
 import time
@@ -171,3 +172,70 @@ def test_relayed_session_stays_end_to_end_encrypted(make_lab):
         time.sleep(0.2)
     assert all(_relay_rules(lab, r) == [] for r in relays)
     assert all(lab.status(r)["relay"]["sessions"] == {} for r in relays)
+
+
+def test_two_relays_in_a_row_stay_blind_and_a_restart_leaves_no_mapping(make_lab):
+    """Only a–b, b–d and d–c are up: A's session to C rides b then d (each forwards toward
+    the next in its kernel); neither sees plaintext. Then the relays' mappings are gone
+    after a clean stop and after kill -9 + restart."""
+    lab = make_lab(4)
+    lab.start_all()
+    assert lab.wait_direct(timeout=20)
+    a, b, c, d = lab.sites
+    for x, y in ((a, c), (a, d), (b, c)):
+        lab.cut(x, y)
+    assert lab.wait_routes(a, {c.name: b.name}, timeout=10), lab.routes(a)
+    assert lab.wait_routes(b, {c.name: d.name}, timeout=5), lab.routes(b)
+    assert lab.wait_routes(c, {a.name: d.name}, timeout=5), lab.routes(c)
+    key = f"{a.name}-{c.name}"
+
+    def session(r):
+        return lab.status(r)["relay"]["sessions"].get(key)
+    deadline = time.time() + 8
+    while not (session(b) and session(d)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert session(b) and session(d), (lab.status(b)["relay"], lab.status(d)["relay"])
+
+    def rule(r, port):
+        return next((x for x in _relay_rules(lab, r) if f"dport {port} " in x), None)
+    # b forwards toward c to d's port for the session (not to c); d forwards to c itself
+    deadline = time.time() + 5
+    while not rule(b, session(b)["ports"][c.name]) and time.time() < deadline:
+        time.sleep(0.2)
+    assert rule(b, session(b)["ports"][c.name]).endswith(
+        f"to {d.wan_ip}:{session(d)['ports'][c.name]}"), _relay_rules(lab, b)
+    assert rule(d, session(d)["ports"][c.name]).endswith(f"to {c.wan_ip}:51820"), _relay_rules(lab, d)
+    assert rule(d, session(d)["ports"][a.name]).endswith(
+        f"to {b.wan_ip}:{session(b)['ports'][a.name]}"), _relay_rules(lab, d)
+    assert lab.wait_ping(a, c, timeout=10)
+    server = lab.ns.popen(c.host, [sys.executable, "-c", SERVER, MARKER.hex()],
+                          stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    client = lab.ns.popen(a.host, [sys.executable, "-c", CLIENT, c.host4, MARKER.hex(), "5"])
+    time.sleep(0.5)
+    wg0 = [_wg_bytes(lab, r) for r in (b, d)]
+    caps = [_capture(lab, ns, 3, a, c) for r in (b, d) for ns in (r.router, r.host)]
+    results = [_result(p) for p in caps]
+    grew = [_wg_bytes(lab, r) - w for r, w in zip((b, d), wg0)]
+    client.wait(20)
+    stream_bytes, stream_markers = (int(x) for x in server.communicate(timeout=20)[0].split())
+    print("two relays: captures", results, "wg grew", grew, "stream", stream_bytes, stream_markers)
+    assert stream_markers > 100, (stream_bytes, stream_markers)
+    assert results[0][0] > 500 and results[2][0] > 500, results     # both relays carried it
+    assert all(r[1:] == (0, 0) for r in results), results
+    assert all(g < 100_000 for g in grew), grew
+
+    # kill -9 the first relay, restart it: it comes back with no mapping it was not asked for
+    # again (it re-forwards only what a and c ask for now), and a clean stop removes all.
+    lab.stop(d, sig=9)
+    for pid in lab.ns.pids(d.router):
+        os.kill(pid, 9)
+    lab.start(d)
+    deadline = time.time() + 10
+    while not session(d) and time.time() < deadline:
+        time.sleep(0.2)
+    assert session(d)                              # its users asked again: forwarded again
+    assert lab.wait_ping(a, c, timeout=15)
+    lab.stop(d)
+    out = lab.ns.exec(d.router, "nft", "list", "tables").stdout
+    assert "lanmesh_" not in out, out              # a clean stop removes the table, rules and all

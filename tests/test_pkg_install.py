@@ -20,6 +20,7 @@ from router import LIB, router_tree  # noqa: E402
 
 EPOCH = 1700000000
 SECTIONS = ["network.lanmesh", "firewall.lanmesh", "firewall.lanmesh_wg", "firewall.lanmesh_mesh",
+            "firewall.lanmesh_path",
             "firewall.lanmesh_ping", "firewall.lanmesh_lan", "firewall.lan_lanmesh"]
 
 

@@ -198,7 +198,7 @@ class Daemon:
         """OpenWrt: fw4's rules for our ports follow the document (off the loop: uci and a
         firewall reload take a second)."""
         ports = {"listen_port": self.cfg.listen_port or doc.settings["listen_port"],
-                 "mesh_port": doc.settings["mesh_port"]}
+                 "mesh_port": doc.settings["mesh_port"], "path_port": doc.settings["path_port"]}
         if ports == self._firewall_ports:
             return
         self._firewall_ports = ports

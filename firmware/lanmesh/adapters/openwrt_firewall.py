@@ -7,7 +7,8 @@ import os
 import subprocess
 
 RULES = {"listen_port": "firewall.lanmesh_wg.dest_port",
-         "mesh_port": "firewall.lanmesh_mesh.dest_port"}
+         "mesh_port": "firewall.lanmesh_mesh.dest_port",
+         "path_port": "firewall.lanmesh_path.dest_port"}
 
 
 def reconcile(ports, uci=("uci",), reload=("/etc/init.d/firewall", "reload"), timeout=30):
