@@ -122,3 +122,14 @@ def test_endpoint_rule(name, have, cands, last, want_ep, want_last):
 def test_new_peer_gets_the_first_candidate():
     chosen, keep = choose_endpoints({}, {K2: {"endpoint": ["198.18.0.3:51820"]}}, {})
     assert chosen == {K2: "198.18.0.3:51820"} and keep == {K2: "198.18.0.3:51820"}
+
+
+def test_a_relays_port_is_set_again_after_roaming():
+    """A forced endpoint (a blind relay's port) is restored when WireGuard roamed away from it
+    (packets still arriving over a slow direct path); an unforced one is left roamed."""
+    relay = "198.18.2.2:52001"
+    have = {K1: {"endpoint": "198.18.3.2:51820"}}           # roamed back to the direct path
+    chosen, _ = choose_endpoints(have, {K1: {"endpoint": [relay], "force": True}}, {K1: relay})
+    assert chosen[K1] == relay
+    chosen, _ = choose_endpoints(have, {K1: {"endpoint": [relay]}}, {K1: relay})
+    assert chosen[K1] is None

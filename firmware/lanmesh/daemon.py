@@ -228,11 +228,16 @@ class Daemon:
         """The mesh core's routes changed (its RoutesChanged, for the current document): hand
         the new state to the applier and return at once (a newer change replaces it if it has
         not started; failures are retried there)."""
+        relayed_before = self._plan.relayed if self._plan is not None else {}
         self._plan, self._plan_doc = plan, self.document
         state = self._desired()
         if state is not None and state != self.link_state:
             self.link_state = state
             self.applier.submit(state)
+        if plan.relayed != relayed_before and self._tasks is not None:
+            # While both ends move onto the relay, a packet still arriving over the direct
+            # path makes WireGuard roam back to it: set the relay's port again shortly.
+            aio.create_task(self._hold_relays())
 
     def set_relays(self, maps):
         self._relay_maps = maps
@@ -284,6 +289,12 @@ class Daemon:
             self._resolved[host] = (ip, time.monotonic())
         threading.Thread(target=work, name="lanmesh-path-dns", daemon=True).start()
         return got[0] if got else None
+
+    async def _hold_relays(self):
+        for delay in (0.5, 1.5, 3.0):
+            await aio.sleep(delay)
+            if self.link_state is not None and self.applier is not None:
+                self.applier.submit(self.link_state)
 
     def plan_for(self, doc):
         """The routing plan for `doc`: the mesh core's own while it is for this document;

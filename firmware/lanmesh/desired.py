@@ -49,7 +49,7 @@ def link_state(cfg, doc, private_key, routing=None, underlay=None, relay_maps=()
         if at is not None:                  # blind relay: the relay's port for this session
             endpoint = f"[{at[0]}]:{at[1]}" if ":" in at[0] else f"{at[0]}:{at[1]}"
         peers.append(PeerState(n.public_key, routing.allowed[name], endpoint=endpoint,
-                               keepalive=s["keepalive"]))
+                               keepalive=s["keepalive"], force_endpoint=at is not None))
         routes.update(n.lan)
     relays = []
     for port_in, port_out, kind, name, port in relay_maps:

@@ -32,6 +32,8 @@ def choose_endpoints(current_peers, desired_peers, last_set):
                 keep[key] = last
         elif have is None or have["endpoint"] is None:
             ep = cands[0]
+        elif want.get("force") and endpoint_key(have["endpoint"]) not in wanted:
+            ep = cands[0]                   # a relay's port: roaming may not take it away
         elif last is not None and endpoint_key(last) in wanted:
             keep[key] = last                # ours, unchanged: the peer may have roamed since
         elif endpoint_key(have["endpoint"]) in wanted:
