@@ -76,7 +76,7 @@ def main():
             lab.cut(a, c)
             assert lab.wait_routes(a, {c.name: b.name}, timeout=10)
             deadline = time.time() + 5
-            while not lab.status(b)["relay"]["sessions"] and time.time() < deadline:
+            while not (lab.status(b).get("relay") or {}).get("sessions") and time.time() < deadline:
                 time.sleep(0.1)
             time.sleep(1)
             rows["relayed"].append(phase(lab, b, args.seconds))
