@@ -17,6 +17,7 @@ from lanmesh.adapters.udp import host_of
 from lanmesh_lab.inprocess import Background
 from mqtt_broker import free_port
 from test_fleet_mqtt import FIRMWARE, generated_broker, lanmesh, publish_next
+from test_fleet_mesh import wait_for
 from test_fleet_mqtt import fleet  # noqa: F401 (the fixture)
 
 NODE_PROC = r"""
@@ -38,13 +39,7 @@ def _rows(f):
 
 
 def _until(pred, what, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
+    return wait_for(pred, timeout, what)
 
 
 def _router_process(cfg):

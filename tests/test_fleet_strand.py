@@ -5,13 +5,13 @@
 # document by itself. Whole daemons in-process, real mosquitto (test_fleet_mqtt's bed).
 import json
 import os
-import time
 
 from lanmesh import keys
 from lanmesh.config import load_config
 from lanmesh.console.agent import Store
 from lanmesh_lab.inprocess import Background
 from test_fleet_mqtt import PREFIX, Watcher, lanmesh, publish_next, signed
+from test_fleet_mesh import wait_for
 from test_fleet_mqtt import fleet  # noqa: F401 (the fixture)
 from lanmesh.fleet import signing, topics
 
@@ -21,13 +21,7 @@ def _up(daemon, peer):
 
 
 def _until(pred, what, timeout=15.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
+    return wait_for(pred, timeout, what)
 
 
 def _start(f, cfgs=None):

@@ -62,14 +62,7 @@ class MeshSocket:
         return self.sock.fileno()
 
     def send(self, address, data):
-        try:
-            self.sock.sendto(data, (address, self.port))
-        except OSError as e:
-            # no route / no key yet / buffer full: a lost probe, which is what probes measure
-            if e.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENOKEY, errno.EAGAIN,
-                               errno.ENOBUFS, errno.EADDRNOTAVAIL, errno.EINVAL, errno.EPERM):
-                raise
-            self.send_errors += 1
+        _send(self, data, (address, self.port))
 
     def receive(self):
         """Every datagram waiting now that arrived on the tunnel: [(source address, data)]."""
@@ -88,6 +81,21 @@ class MeshSocket:
 
     def close(self):
         self.sock.close()
+
+
+# No route, no key yet, buffer full, an ICMP error from an earlier send: a lost message,
+# which is what probes measure; counted, never raised.
+_LOST = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENOKEY, errno.EAGAIN, errno.ENOBUFS,
+         errno.EADDRNOTAVAIL, errno.EINVAL, errno.EPERM, errno.ECONNREFUSED)
+
+
+def _send(owner, data, addr):
+    try:
+        owner.sock.sendto(data, addr)
+    except OSError as e:
+        if e.errno not in _LOST:
+            raise
+        owner.send_errors += 1
 
 
 def _arrived_on(ancillary):
@@ -117,13 +125,7 @@ class PathSocket:
         return self.sock.fileno()
 
     def send(self, addr, data):
-        try:
-            self.sock.sendto(data, addr)
-        except OSError as e:
-            if e.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EAGAIN, errno.ENOBUFS,
-                               errno.EADDRNOTAVAIL, errno.EINVAL, errno.EPERM, errno.ECONNREFUSED):
-                raise
-            self.send_errors += 1
+        _send(self, data, addr)
 
     def receive(self):
         """[((ip, port), data)] waiting now."""
