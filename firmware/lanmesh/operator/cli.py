@@ -54,8 +54,8 @@ def register(sub, groups):
     s.add_argument("--lan", action="append", default=[], help="site prefix (repeatable)")
     s.add_argument("--endpoint", action="append", default=[], help="host:port (repeatable)")
     s.add_argument("--relay", action="store_true",
-                   help="may carry other sites' traffic when their direct path fails (until relays "
-                        "are blind, a relay routes that traffic in the clear: see README)")
+                   help="may forward other sites' WireGuard sessions when their direct path fails "
+                        "(blind: ciphertext only, in its kernel; see README)")
     fleet_dir(s)
     s.set_defaults(func=cmd_node_add)
     s = ns.add_parser("set", help="change a node in place (its overlay addresses stay)")
