@@ -39,6 +39,9 @@ def test_a_failed_link_reroutes_with_exactly_one_backend_update(tmp_path):
                            .get("site-c") == "site-b", 5)
         await aio.sleep(0.5)              # both ends' adverts are in: nothing more moves
         new = backends[0].applied[before:]
+        # the same state may be handed over again (a relay's port is re-asserted against
+        # roaming, 0.5-3 s after a move: the backends diff it against the OS, a no-op)
+        new = [x for i, x in enumerate(new) if i == 0 or x != new[i - 1]]
         assert len(new) == 1, new
         peers = {p.public_key: p for p in new[0].peers.values()}
         to_c = peers[pubkey(read_private_key(cfgs[2].private_key_file))]

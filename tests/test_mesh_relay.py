@@ -76,3 +76,26 @@ def test_a_node_marked_relay_false_grants_nothing():
     (ans,) = [wire.decode(e.data) for e in out if isinstance(e, SendMessage)
               and wire.decode(e.data).type == wire.RELAYED]
     assert ans.status == wire.NOT_RELAY and not n.relays.sessions
+
+
+def test_a_freed_slot_is_the_last_to_be_reused():
+    """A freed session's ports still have conntrack entries in the relay's kernel that keep
+    NATing to the old target while anyone sends there: a new session gets other ports."""
+    r = Relays("b", relay=True, port_base=52000, max_sessions=3)
+    assert r.request("a", "a", "c", True, KNOWN, 0)[1] == (52000, 52001)
+    r.request("a", "a", "c", False, KNOWN, 10)                      # freed at 10
+    assert r.request("a", "a", "d", True, KNOWN, 20)[1] == (52002, 52003)   # never-used first
+    r.request("c", "c", "d", True, KNOWN, 30)                       # the last never-used slot
+    r.request("a", "a", "d", False, KNOWN, 40)                      # slot 1 freed at 40
+    assert r.request("a", "a", "c", True, KNOWN, 50)[1] == (52000, 52001)   # freed longest ago
+
+
+def test_a_session_whose_next_hop_moves_gets_new_ports_and_its_users_are_told():
+    r = Relays("b", relay=True)
+    r.request("a", "a", "c", True, KNOWN, 0)
+    r.request("c", "a", "c", True, KNOWN, 0)
+    assert r.retarget({"a": "a", "c": "c"}, 1) == []                 # first look: recorded
+    assert r.retarget({"a": "a", "c": "c"}, 2) == []
+    told = r.retarget({"a": "a", "c": "d"}, 3)                       # toward c now via d
+    assert sorted(u for u, *_ in told) == ["a", "c"] and told[0][3:] == (52002, 52003)
+    assert r.sessions[("a", "c")].ports == {"a": 52002, "c": 52003}

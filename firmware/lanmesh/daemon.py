@@ -19,6 +19,7 @@ from .errors import BackendError, DocumentError, LanmeshError
 from .keys import read_private_key, pubkey
 
 PREVIOUS_KEY = ".prev"   # beside the key file: the key a console rekey replaced
+HOLD_S = 10              # a peer back from a relay: its direct endpoint is held this long
 RESOLVE_S = 60           # endpoint names are looked up again this often for path probes
 SUPERVISE_MS = 1000      # document-file watch and mesh socket check (the applier supervises
                          # the backend itself, off the loop)
@@ -48,6 +49,7 @@ class Daemon:
         self._relay_maps = ()          # what this node forwards as a blind relay (mesh core)
         self._learned = {}             # peer -> underlay IP its authenticated probes come from
         self._resolved = {}            # endpoint name -> (IPv4 or None, when looked up)
+        self._back = {}                # peer -> when it came back from a relay (HOLD_S)
         self.started = time.time()
         self.rejected = []             # reasons of the last rejected local document
         self.document_applies = 0      # documents applied (mesh route changes not counted)
@@ -229,6 +231,9 @@ class Daemon:
         the new state to the applier and return at once (a newer change replaces it if it has
         not started; failures are retried there)."""
         relayed_before = self._plan.relayed if self._plan is not None else {}
+        now = time.monotonic()
+        for name in set(relayed_before) - set(plan.relayed):
+            self._back[name] = now
         self._plan, self._plan_doc = plan, self.document
         state = self._desired()
         if state is not None and state != self.link_state:
@@ -291,10 +296,12 @@ class Daemon:
         return got[0] if got else None
 
     async def _hold_relays(self):
-        for delay in (0.5, 1.5, 3.0):
+        for delay in (0.5, 1.5, 3.0, HOLD_S - 4.5):
             await aio.sleep(delay)
-            if self.link_state is not None and self.applier is not None:
-                self.applier.submit(self.link_state)
+            if self.applier is not None:
+                self._resubmit()
+                if self.link_state is not None:
+                    self.applier.submit(self.link_state)
 
     def plan_for(self, doc):
         """The routing plan for `doc`: the mesh core's own while it is for this document;
@@ -308,8 +315,11 @@ class Daemon:
     def _desired(self):
         if self.document is None:
             return None
+        now = time.monotonic()
+        self._back = {n: t for n, t in self._back.items() if now - t < HOLD_S}
         return desired.link_state(self.cfg, self.document, self.private_key,
-                                  self.plan_for(self.document), self.underlay, self._relay_maps)
+                                  self.plan_for(self.document), self.underlay, self._relay_maps,
+                                  hold=set(self._back))
 
     async def _reconcile(self):
         state = self._desired()

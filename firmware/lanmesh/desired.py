@@ -31,10 +31,12 @@ def _port_of(node, default):
     return int(node.endpoints[0].rpartition(":")[2]) if node.endpoints else default
 
 
-def link_state(cfg, doc, private_key, routing=None, underlay=None, relay_maps=()):
+def link_state(cfg, doc, private_key, routing=None, underlay=None, relay_maps=(), hold=()):
     """routing: the plan (desired.plan / the mesh core's) to follow; None: direct mesh.
     underlay(name, port) -> (ip, port) or None: where a node is on the underlay (the daemon's
-    learned addresses and the document). relay_maps: what this node forwards as a relay."""
+    learned addresses and the document). relay_maps: what this node forwards as a relay.
+    hold: peers just back from a relay, whose direct endpoint is set again if WireGuard roamed
+    onto the relay's port meanwhile (the relay then forgets the session: a dead end)."""
     me = doc.node(cfg.name)
     s = doc.settings
     routing = routing or plan(doc, cfg.name)
@@ -49,7 +51,8 @@ def link_state(cfg, doc, private_key, routing=None, underlay=None, relay_maps=()
         if at is not None:                  # blind relay: the relay's port for this session
             endpoint = f"[{at[0]}]:{at[1]}" if ":" in at[0] else f"{at[0]}:{at[1]}"
         peers.append(PeerState(n.public_key, routing.allowed[name], endpoint=endpoint,
-                               keepalive=s["keepalive"], force_endpoint=at is not None))
+                               keepalive=s["keepalive"],
+                               force_endpoint=at is not None or name in hold))
         routes.update(n.lan)
     relays = []
     for port_in, port_out, kind, name, port in relay_maps:

@@ -489,6 +489,10 @@ class MeshNode:
         """Ask relays for what our routes need, refresh and release; forward as a relay what
         our sessions need now. plan: also recompute routes if a grant changed."""
         self.relays.expire(now)
+        for user, x, y, px, py in self.relays.retarget(self._hops, now):
+            if user in self.links:
+                out.append(SendMessage(user, wire.encode_relayed(self.name, x, y, wire.GRANTED,
+                                                                 px, py)))
         maps, onward = self.relays.forwarding(self._hops)
         wanted = set(onward)
         for dest, via in self._hops.items():

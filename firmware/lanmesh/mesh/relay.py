@@ -35,12 +35,13 @@ class _Ask:
 
 
 class _Session:
-    __slots__ = ("slot", "ports", "users")
+    __slots__ = ("slot", "ports", "users", "hops")
 
     def __init__(self, slot, ports):
         self.slot = slot
         self.ports = ports          # {end: port on this relay toward that end}
         self.users = {}             # peer -> tick of its last ask
+        self.hops = None            # {end: our next hop toward it} the ports were granted for
 
 
 class Relays:
@@ -51,12 +52,14 @@ class Relays:
         self.max_sessions = max_sessions
         self.asks = {}              # (via, a, b) -> _Ask
         self.sessions = {}          # (a, b) -> _Session
+        self._freed = {}            # slot -> tick it was freed (reused last: see request)
         self.refused = 0            # asks we refused (not a relay, full, unknown ends)
 
     def configure(self, relay, port_base, max_sessions):
         if (relay, port_base, max_sessions) != (self.relay, self.port_base, self.max_sessions):
             self.relay, self.port_base, self.max_sessions = relay, port_base, max_sessions
             self.sessions = {}      # ports moved: users ask again and get new ones
+            self._freed = {}
 
     # ---- requester side ---------------------------------------------------------------
     def want(self, wanted, now):
@@ -105,22 +108,54 @@ class Relays:
             if s is not None:
                 s.users.pop(peer, None)
                 if not s.users:
-                    del self.sessions[key]
+                    self._free(key, now)
             return None
         if not self.relay or self.me in key or a not in known or b not in known:
             self.refused += 1
             return (wire.NOT_RELAY if not self.relay else wire.NO_PATH), (0, 0)
         if s is None:
-            used = set(x.slot for x in self.sessions.values())
-            free = [i for i in range(self.max_sessions) if i not in used]
-            if not free:
+            s = self._new(key, now)
+            if s is None:
                 self.refused += 1
                 return wire.FULL, (0, 0)
-            slot = free[0]
-            base = self.port_base + 2 * slot
-            s = self.sessions[key] = _Session(slot, {key[0]: base, key[1]: base + 1})
         s.users[peer] = now
         return wire.GRANTED, (s.ports[a], s.ports[b])
+
+    def _new(self, key, now, users=None):
+        used = set(x.slot for x in self.sessions.values())
+        free = [i for i in range(self.max_sessions) if i not in used]
+        if not free:
+            return None
+        # The kernel's conntrack entries of a freed slot's ports outlive the session (and
+        # stay alive while anyone still sends there): a reused port would go on to the old
+        # target. So a slot never used comes first, then the one freed longest ago.
+        slot = max(free, key=lambda i: (i not in self._freed,
+                                        ticks_diff(now, self._freed.get(i, now)), -i))
+        base = self.port_base + 2 * slot
+        s = self.sessions[key] = _Session(slot, {key[0]: base, key[1]: base + 1})
+        s.users = dict(users or {})
+        return s
+
+    def retarget(self, next_hops, now):
+        """Sessions whose next hop toward an end moved get new ports (the kernel's conntrack
+        entries would keep the old target for as long as the ends send to the old ones).
+        → [(user, a, b, port_a, port_b)]: the new grants to tell the users now."""
+        out = []
+        for key in sorted(self.sessions):
+            s = self.sessions[key]
+            hops = {end: next_hops.get(end) for end in key}
+            if s.hops is None or s.hops == hops:
+                s.hops = hops
+                continue
+            users = s.users
+            self._free(key, now)
+            new = self._new(key, now, users)
+            if new is None:
+                continue
+            new.hops = hops
+            for user in sorted(users):
+                out.append((user, key[0], key[1], new.ports[key[0]], new.ports[key[1]]))
+        return out
 
     def expire(self, now):
         for key in sorted(self.sessions):
@@ -128,7 +163,10 @@ class Relays:
             for peer in [p for p, t in s.users.items() if ticks_diff(now, t) >= EXPIRE_MS]:
                 del s.users[peer]
             if not s.users:
-                del self.sessions[key]
+                self._free(key, now)
+
+    def _free(self, key, now):
+        self._freed[self.sessions.pop(key).slot] = now
 
     def forwarding(self, next_hops):
         """What this relay's kernel forwards now, and the onward asks that needs.
