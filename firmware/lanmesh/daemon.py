@@ -36,11 +36,10 @@ class Daemon:
         self.load_config = load_config      # re-reads the node config (UCI) on SIGHUP
         self._firewall_ports = None         # the ports fw4's rules were last set to
         self.mesh_socket = mesh_socket
-        self.private_key = read_private_key(cfg.private_key_file)
-        self.public_key = pubkey(self.private_key)
         self._keys = {}                # public -> private: the keys this node may run with
-        self._configured = self.public_key   # the key in the configured key file
-        self._load_keys(cfg)
+        self._configured = None        # the public key in the configured key file
+        self.private_key = self._load_keys(cfg)     # an unreadable key file: exit, said why
+        self.public_key = self._configured
         self.document = None
         self.backend = backend
         self.link_state = None
@@ -93,18 +92,16 @@ class Daemon:
         """The configured key, and the one a console rekey replaced (<key file>.prev): the
         node runs with whichever its document names, so a rekey never strands the site on
         its last good document; the old key goes once a document with the new one is good."""
-        keys = {self.public_key: self.private_key} if cfg is self.cfg else {}
-        for path in (cfg.private_key_file, cfg.private_key_file + PREVIOUS_KEY):
-            try:
-                k = read_private_key(path)
-            except LanmeshError:
-                continue                    # absent (.prev), or the file says what is wrong
-            keys.setdefault(pubkey(k), k)
-            if path == cfg.private_key_file:
-                self._configured = pubkey(k)
-        self._keys.update(keys)
-        if cfg is not self.cfg:
-            self.cfg.private_key_file = cfg.private_key_file
+        key = read_private_key(cfg.private_key_file)
+        self._configured = pubkey(key)
+        self._keys[self._configured] = key
+        try:
+            prev = read_private_key(cfg.private_key_file + PREVIOUS_KEY)
+            self._keys.setdefault(pubkey(prev), prev)
+        except LanmeshError:
+            pass                            # none (the usual case), or unusable: not ours
+        self.cfg.private_key_file = cfg.private_key_file
+        return key
 
     def _key_for(self, doc):
         me = doc.node(self.cfg.name)
@@ -119,11 +116,10 @@ class Daemon:
     def retire_previous_key(self):
         """The document that names this node's new key is good (confirmed): the key it
         replaced is not needed any more."""
-        old = self.cfg.private_key_file + PREVIOUS_KEY
-        if self.public_key != self._configured or len(self._keys) == 1 and not os.path.exists(old):
+        if self.public_key != self._configured or len(self._keys) == 1:
             return
-        for pub in [p for p in self._keys if p != self.public_key]:
-            del self._keys[pub]
+        self._keys = {self.public_key: self.private_key}
+        old = self.cfg.private_key_file + PREVIOUS_KEY
         try:
             os.unlink(old)
             log.info("rekey complete: the previous key %s is removed", old)
@@ -235,10 +231,7 @@ class Daemon:
         for name in set(relayed_before) - set(plan.relayed):
             self._back[name] = now
         self._plan, self._plan_doc = plan, self.document
-        state = self._desired()
-        if state is not None and state != self.link_state:
-            self.link_state = state
-            self.applier.submit(state)
+        self._resubmit()
         if plan.relayed != relayed_before and self._tasks is not None:
             # While both ends move onto the relay, a packet still arriving over the direct
             # path makes WireGuard roam back to it: set the relay's port again shortly.
@@ -254,10 +247,13 @@ class Daemon:
             self._resubmit()
 
     def _resubmit(self):
+        """Hand the desired state to the applier if it changed. → True if it did."""
         state = self._desired()
-        if state is not None and state != self.link_state:
-            self.link_state = state
-            self.applier.submit(state)
+        if state is None or state == self.link_state:
+            return False
+        self.link_state = state
+        self.applier.submit(state)
+        return True
 
     def underlay(self, peer, port_key):
         """(ip, port) of `peer` on the underlay: the address its authenticated path probes
@@ -269,7 +265,7 @@ class Daemon:
             return None
         ip = self._learned.get(peer) or desired.endpoint_ip(n)
         if ip is None and n.endpoints:
-            ip = self._lookup(n.endpoints[0].rpartition(":")[0].strip("[]"))
+            ip = self._lookup(desired.endpoint_host(n))
         if ip is None:
             return None
         return ip, doc.settings[port_key] if isinstance(port_key, str) else port_key
@@ -298,10 +294,9 @@ class Daemon:
     async def _hold_relays(self):
         for delay in (0.5, 1.5, 3.0, HOLD_S - 4.5):
             await aio.sleep(delay)
-            if self.applier is not None:
-                self._resubmit()
-                if self.link_state is not None:
-                    self.applier.submit(self.link_state)
+            if self.applier is not None and not self._resubmit() and self.link_state is not None:
+                self.applier.submit(self.link_state)    # the same state: the backends diff
+                                                        # it against the OS, roaming included
 
     def plan_for(self, doc):
         """The routing plan for `doc`: the mesh core's own while it is for this document;

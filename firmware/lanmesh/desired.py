@@ -1,6 +1,9 @@
 # Network document + this node's identity (+ the mesh's routing plan) → the LinkState the
 # backend reconciles to. Pure: same inputs, same LinkState, so re-applying is a no-op.
+import ipaddress
+
 from .dataplane.linkstate import LinkState, PeerState
+from .dataplane.uapi_proto import format_endpoint, split_endpoint
 from .mesh.plan import make_plan, node_facts
 
 
@@ -18,17 +21,22 @@ def plan(doc, self_name, next_hops=None):
     return make_plan(self_name, nodes, next_hops)
 
 
+def endpoint_host(node):
+    """The host of a node's first endpoint (an address or a name), or None."""
+    return split_endpoint(node.endpoints[0])[0] if node.endpoints else None
+
+
 def endpoint_ip(node):
     """The IP of a node's first endpoint when it is written as an address, else None."""
-    if not node.endpoints:
-        return None
-    host = node.endpoints[0].rpartition(":")[0].strip("[]")
-    return host if host and (host.count(".") == 3 and host.replace(".", "").isdigit()
-                             or ":" in host) else None
+    host = endpoint_host(node)
+    try:
+        return str(ipaddress.ip_address(host)) if host else None
+    except ValueError:
+        return None                 # a name: the daemon looks it up
 
 
 def _port_of(node, default):
-    return int(node.endpoints[0].rpartition(":")[2]) if node.endpoints else default
+    return split_endpoint(node.endpoints[0])[1] if node.endpoints else default
 
 
 def link_state(cfg, doc, private_key, routing=None, underlay=None, relay_maps=(), hold=()):
@@ -49,7 +57,7 @@ def link_state(cfg, doc, private_key, routing=None, underlay=None, relay_maps=()
         relay = routing.relayed.get(name)
         at = underlay(relay[0], relay[1]) if relay and underlay else None
         if at is not None:                  # blind relay: the relay's port for this session
-            endpoint = f"[{at[0]}]:{at[1]}" if ":" in at[0] else f"{at[0]}:{at[1]}"
+            endpoint = format_endpoint(*at)
         peers.append(PeerState(n.public_key, routing.allowed[name], endpoint=endpoint,
                                keepalive=s["keepalive"],
                                force_endpoint=at is not None or name in hold))

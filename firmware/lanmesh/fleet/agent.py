@@ -17,16 +17,23 @@ REPORT_GAP_MS = 2000       # a change is reported at once, but not more often th
 ECHO_MS = 3000             # our own `online` must come back this soon after a connect
 
 
-def _read_last_good(cfg):
-    """(NetworkDocument, envelope bytes) from <state_dir>/last-good.json, verified again
-    with the fleet key; None if absent. A bad file is reported and ignored."""
+def _last_good_bytes(cfg):
+    """The bytes of <state_dir>/last-good.json, or None if absent."""
     try:
         with open(cfg.last_good_document, "rb") as f:
-            data = f.read(signing.MAX_ENVELOPE_BYTES + 1)
+            return f.read(signing.MAX_ENVELOPE_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise DocumentError([f"{cfg.last_good_document}: cannot read: {e.strerror}"]) from None
+
+
+def _read_last_good(cfg, data=None):
+    """(NetworkDocument, envelope bytes) from <state_dir>/last-good.json (or `data`, its
+    bytes), verified again with the fleet key; None if absent."""
+    data = _last_good_bytes(cfg) if data is None else data
+    if data is None:
+        return None
     doc = signing.verify_document(data, cfg.fleet["public_key"])
     if doc.fleet != cfg.fleet["name"]:
         raise DocumentError([f"{cfg.last_good_document}: document is for fleet {doc.fleet!r}"])
@@ -39,12 +46,19 @@ def load_last_good(cfg, log=None):
     mistake, or a fleet moved) is still run, with a warning: it is this router's own file,
     verified when it was stored, and dropping it would take the site off the mesh."""
     try:
-        got = _read_last_good(cfg)
+        data = _last_good_bytes(cfg)
+        if data is None:
+            return None
+    except LanmeshError as e:
+        if log is not None:
+            log.warning("last good document ignored: %s", e)
+        return None
+    try:
+        return _read_last_good(cfg, data)[0]
     except LanmeshError as e:
         try:
-            with open(cfg.last_good_document, "rb") as f:
-                doc = signing.stored_document(f.read(signing.MAX_ENVELOPE_BYTES + 1))
-        except (OSError, LanmeshError) as again:
+            doc = signing.stored_document(data)
+        except LanmeshError as again:
             if log is not None:
                 log.warning("last good document ignored: %s", again)
             return None
@@ -53,7 +67,6 @@ def load_last_good(cfg, log=None):
                         "on it until a document that does arrives", doc.version,
                         cfg.fleet["name"], e)
         return doc
-    return got[0] if got else None
 
 
 def _envelope(payload):
@@ -91,8 +104,8 @@ class Signed:
 class FleetAgent:
     """node: the router this agent serves, with .document, async .apply_document(doc),
     .links_up(), .status() and .retire_previous_key() (the Daemon; in benchmarks a
-    stand-in). It executes the
-    core's Apply/RollBack there and reads links and status for reports; nothing else."""
+    stand-in). It executes the core's Apply/RollBack there and reads links and status for
+    reports; nothing else."""
 
     def __init__(self, cfg, node, log, keepalive=30, settle_ms=2000,
                  report_every_ms=None, backoff=(1, 30)):

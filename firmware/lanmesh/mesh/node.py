@@ -24,7 +24,7 @@ from .links import Link, DEFAULT_INTERVAL_MS
 from .lsdb import Lsdb, REFRESH_MS, MAX_AGE_MS, NEWER, OLDER, OWN
 from .paths import shortest_paths
 from .plan import node_facts, make_plan
-from .relay import Relays
+from .relay import Relays, session
 
 PROBE_SLACK_PCT = 20    # probes due within this share of the interval go with the current wake-up
 SPF_DELAY_MS = 10       # batch the LSAs of one event (both ends of a link) into one computation
@@ -168,7 +168,9 @@ class MeshNode:
         out = self._start(now)
         self._probe(now, out)
         self._settle_links(now, out)
-        self._relay_tick(now, out)
+        d = self.relays.next_deadline()
+        if d is not None and ticks_diff(now, d) >= 0:
+            self._relay_tick(now, out)      # refreshes and expiries due (routes: _compute)
         if self.lsdb.expire(now):
             self._dirty(now)
         if ticks_diff(now, self._refresh_at) >= 0:
@@ -497,7 +499,7 @@ class MeshNode:
         wanted = set(onward)
         for dest, via in self._hops.items():
             if via is not None and via != dest and dest != self.name and dest in self.nodes:
-                wanted.add((via,) + (tuple(sorted((self.name, dest)))))
+                wanted.add((via,) + session(self.name, dest))
         before = {k: (a.ports and dict(a.ports)) for k, a in self.relays.asks.items()}
         for peer, data in self.relays.want(wanted, now):
             if peer in self.links:
