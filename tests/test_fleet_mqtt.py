@@ -270,6 +270,16 @@ def test_all_links_lost_after_apply_rolls_back(fleet):
     w.close()
 
 
+def free_port_is_taken(port):
+    import socket
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return False
+        except OSError:
+            return True
+
+
 @contextlib.contextmanager
 def generated_broker(fleet, tmp_path, out=None):
     """mosquitto running the `fleet broker-config` output, started as root exactly as the
@@ -283,6 +293,8 @@ def generated_broker(fleet, tmp_path, out=None):
     tls = make_ca(str(tmp_path), ("127.0.0.1",))
     from mqtt_broker import free_port
     port = free_port()
+    while port >= 65535 or free_port_is_taken(port + 1):
+        port = free_port()          # the controller listens on the port after it
     r = lanmesh("fleet", "broker-config", "--dir", fleet.fd.path, "--out", str(out),
                 "--listen", "127.0.0.1", "--port", str(port), "--cert", tls["server.pem"],
                 "--key", tls["server.key"], "--ca", tls["ca.pem"])

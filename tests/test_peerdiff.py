@@ -133,3 +133,16 @@ def test_a_relays_port_is_set_again_after_roaming():
     assert chosen[K1] == relay
     chosen, _ = choose_endpoints(have, {K1: {"endpoint": [relay]}}, {K1: relay})
     assert chosen[K1] is None
+
+
+def test_back_from_a_relay_only_a_relays_port_is_undone():
+    """A peer just back from a relay: an endpoint WireGuard roamed onto a relay's address is
+    set back to the peer's own; a NAT rebinding elsewhere stays (roaming is WireGuard's job)."""
+    own = "198.18.3.2:51820"
+    want = {K1: {"endpoint": [own], "not_via": ("198.18.2.2",)}}
+    onto_relay = {K1: {"endpoint": "198.18.2.2:52001"}}
+    chosen, _ = choose_endpoints(onto_relay, want, {K1: own})
+    assert chosen[K1] == own
+    rebound = {K1: {"endpoint": "198.18.3.99:40000"}}
+    chosen, _ = choose_endpoints(rebound, want, {K1: own})
+    assert chosen[K1] is None

@@ -43,8 +43,8 @@ def link_state(cfg, doc, private_key, routing=None, underlay=None, relay_maps=()
     """routing: the plan (desired.plan / the mesh core's) to follow; None: direct mesh.
     underlay(name, port) -> (ip, port) or None: where a node is on the underlay (the daemon's
     learned addresses and the document). relay_maps: what this node forwards as a relay.
-    hold: peers just back from a relay, whose direct endpoint is set again if WireGuard roamed
-    onto the relay's port meanwhile (the relay then forgets the session: a dead end)."""
+    hold: peers just back from a relay: if WireGuard roamed onto a relay's port meanwhile
+    (the relay then forgets the session: a dead end), their own endpoint is set again."""
     me = doc.node(cfg.name)
     s = doc.settings
     routing = routing or plan(doc, cfg.name)
@@ -58,9 +58,13 @@ def link_state(cfg, doc, private_key, routing=None, underlay=None, relay_maps=()
         at = underlay(relay[0], relay[1]) if relay and underlay else None
         if at is not None:                  # blind relay: the relay's port for this session
             endpoint = format_endpoint(*at)
+        relays = ()
+        if name in hold and underlay is not None:
+            relays = [u[0] for u in (underlay(r, 0) for r in doc.nodes if r not in (name, cfg.name))
+                      if u is not None]
         peers.append(PeerState(n.public_key, routing.allowed[name], endpoint=endpoint,
-                               keepalive=s["keepalive"],
-                               force_endpoint=at is not None or name in hold))
+                               keepalive=s["keepalive"], force_endpoint=at is not None,
+                               not_via=relays))
         routes.update(n.lan)
     relays = []
     for port_in, port_out, kind, name, port in relay_maps:

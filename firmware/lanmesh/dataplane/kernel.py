@@ -111,7 +111,7 @@ class KernelBackend:
                         raise BackendError(f"allowed IP {ip} is given to two peers "
                                            f"({owner[ip][:8]}… and {key[:8]}…)")
                 peers[key] = {"endpoint": resolve(p.endpoint, self.log, self.ifname) if p.endpoint else [],
-                    "force": p.force_endpoint,
+                    "force": p.force_endpoint, "not_via": p.not_via,
                               "allowed_ips": ips, "keepalive": p.keepalive}
         except LanmeshError as exc:
             raise BackendError(f"{self.ifname}: {exc}") from None

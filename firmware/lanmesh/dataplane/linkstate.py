@@ -4,21 +4,25 @@
 
 
 class PeerState:
-    __slots__ = ("public_key", "endpoint", "allowed_ips", "keepalive", "force_endpoint")
+    __slots__ = ("public_key", "endpoint", "allowed_ips", "keepalive", "force_endpoint",
+                 "not_via")
 
     def __init__(self, public_key, allowed_ips=(), endpoint=None, keepalive=0,
-                 force_endpoint=False):
+                 force_endpoint=False, not_via=()):
         self.public_key = public_key            # WireGuard base64
         self.endpoint = endpoint                # "host:port" / "[v6]:port" or None (peer dials us)
         # A relay's port: set again whenever WireGuard roamed away from it (the still-working
         # slow direct path must not pull the session back)
         self.force_endpoint = bool(force_endpoint)
+        # Relays' addresses: an endpoint WireGuard roamed to there is set back (a relay port
+        # the relay then forgets is a dead end); any other roaming (NAT rebinding) stays
+        self.not_via = tuple(sorted(not_via))
         self.allowed_ips = tuple(sorted(allowed_ips))  # prefixes as text, e.g. "198.19.1.0/24"
         self.keepalive = int(keepalive or 0)    # seconds, 0 = off
 
     def key(self):
         return (self.public_key, self.endpoint, self.allowed_ips, self.keepalive,
-                self.force_endpoint)
+                self.force_endpoint, self.not_via)
 
     def __eq__(self, other):
         return isinstance(other, PeerState) and self.key() == other.key()

@@ -34,6 +34,8 @@ def choose_endpoints(current_peers, desired_peers, last_set):
             ep = cands[0]
         elif want.get("force") and endpoint_key(have["endpoint"]) not in wanted:
             ep = cands[0]                   # a relay's port: roaming may not take it away
+        elif split_endpoint(have["endpoint"])[0].strip("[]") in want.get("not_via", ()):
+            ep = cands[0]                   # roamed onto a relay's port: back to our own
         elif last is not None and endpoint_key(last) in wanted:
             keep[key] = last                # ours, unchanged: the peer may have roamed since
         elif endpoint_key(have["endpoint"]) in wanted:

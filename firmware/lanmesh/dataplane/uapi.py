@@ -100,7 +100,7 @@ class UapiBackend:
             for b64, p in sorted(state.peers.items()):
                 peers[to_hex(b64)] = {
                     "endpoint": resolve(p.endpoint, self.log, self.ifname) if p.endpoint else [],
-                    "force": p.force_endpoint,
+                    "force": p.force_endpoint, "not_via": p.not_via,
                     "allowed_ips": tuple(sorted({norm_prefix(a) for a in p.allowed_ips})),
                     "keepalive": p.keepalive,
                 }
