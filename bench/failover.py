@@ -4,7 +4,7 @@ Four sites on wireguard-go in namespaces; a LAN host pings a remote LAN host eve
 the direct a↔c WAN path is cut N times. Failover = the longest gap between ping replies
 after the cut (what a user's traffic sees). Recovery = restore → a routes c directly again.
 
-    .venv/bin/python bench/failover.py [--cuts 10]
+    .venv/bin/python bench/failover.py [--cuts 10] [REV ...]   (revisions side by side; . = this tree)
 """
 import argparse
 import os
@@ -15,6 +15,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "firmware"))
 from lanmesh_lab.failover import PingWatch  # noqa: E402
 from lanmesh_lab.sites import Lab  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from revisions import firmware_trees  # noqa: E402
 
 
 def pct(xs, p):
@@ -25,15 +27,25 @@ def pct(xs, p):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cuts", type=int, default=10)
+    ap.add_argument("revs", nargs="*", default=["."], help="revisions side by side (. = this tree)")
     args = ap.parse_args()
+    with firmware_trees(args.revs) as trees:
+        for rev, firmware in trees:
+            print(f"== {rev}", flush=True)
+            run(firmware, args.cuts)
+
+
+def run(firmware, cuts):
     gaps, recoveries = [], []
     with Lab(4) as lab:
-        lab.start_all()
+        lab.start_all(timeout=30, extra_env={"PYTHONPATH": firmware})
         a, c = lab.sites[0], lab.sites[2]
         assert lab.wait_direct(timeout=30)
-        for i in range(args.cuts):
+        for i in range(cuts):
             watch = PingWatch(lab, a, c)
-            time.sleep(1.0 + 0.037 * i)          # cuts land at different points of the probe cycle
+            # the flow runs 2 s before the cut (a link idle until <1 s before is sampled at the
+            # idle cadence: ~1.3 s); cuts land at different points of the sampling cycle
+            time.sleep(2.0 + 0.037 * i)
             t_cut = time.time()
             lab.cut(a, c)
             time.sleep(3)

@@ -4,9 +4,7 @@
 #   .venv/bin/python bench/idle_cpu_ab.py 7d27f9c e7b479d .      ("." = this tree)
 #   LANMESH_REAPPLY_S=2 …                                        (settings pass through)
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -16,6 +14,7 @@ sys.path.insert(0, HERE)
 
 from lanmesh_lab.sites import Lab          # noqa: E402
 from startup_idle import cpu_ticks         # noqa: E402
+from revisions import firmware_trees       # noqa: E402
 
 
 def idle_cpu(firmware, seconds=25):
@@ -40,18 +39,9 @@ def idle_cpu(firmware, seconds=25):
 
 
 def main():
-    for rev in sys.argv[1:] or ["."]:
-        if rev == ".":
-            print(f"{rev:>10}: " + " ".join(f"{x:.2f} %" for x in idle_cpu(os.path.join(ROOT, "firmware"))),
-                  flush=True)
-            continue
-        d = tempfile.mkdtemp(prefix="lanmesh-ab-")
-        subprocess.run(["git", "-C", ROOT, "worktree", "add", "-q", "--detach", d, rev], check=True)
-        try:
-            cpu = idle_cpu(os.path.join(d, "firmware"))
-        finally:
-            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", d])
-        print(f"{rev:>10}: " + " ".join(f"{x:.2f} %" for x in cpu), flush=True)
+    with firmware_trees(sys.argv[1:] or ["."]) as trees:
+        for rev, firmware in trees:
+            print(f"{rev:>10}: " + " ".join(f"{x:.2f} %" for x in idle_cpu(firmware)), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "firmware"))
 from lanmesh_lab.failover import PingWatch  # noqa: E402
+from lanmesh_lab.netns import cpu_ticks  # noqa: E402  (the other benches take it from here)
 from lanmesh_lab.sites import Lab  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -75,12 +76,6 @@ def floor_cpu(rate, seconds):
     out = subprocess.run([sys.executable, "-c", FLOOR, str(rate), str(seconds)],
                          capture_output=True, text=True, check=True).stdout
     return float(out)
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def python_pid(lab_proc):

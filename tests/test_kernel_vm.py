@@ -20,7 +20,7 @@ GUEST_TESTS = [
 ]
 # TCG emulation is ~10x slower than the host: the lab tests scale their timeouts by this
 SLOW = os.environ.get("LANMESH_LAB_SLOW", "8")
-VM_TIMEOUT = float(os.environ.get("LANMESH_KERNEL_VM_TIMEOUT", "420"))
+VM_TIMEOUT = float(os.environ.get("LANMESH_KERNEL_VM_TIMEOUT", "540"))
 _SUMMARY = re.compile(r"^=*\s*(.*\b(?:passed|failed|error|errors|skipped|no tests ran)\b.*?)\s*=*$")
 
 

@@ -18,10 +18,11 @@ def test_probe_and_ack_round_trip():
     assert (m.type, m.sender, m.seq, m.digest) == (wire.PROBE, "hq", 0xFFFFFFFF, 1234)
     assert m.nonce == N8 and m.mac == bytes(range(16)) and m.maced == \
         wire.encode_probe("hq", 0xFFFFFFFF, 1234, N8, MAC)[:-16]
-    m = decode(wire.encode_ack("branch-2", 7, 0, N8, MAC))
-    assert (m.type, m.sender, m.seq, m.digest) == (wire.ACK, "branch-2", 7, 0)
-    # compact: 14 bytes of probe, 8 of nonce, 16 of MAC
-    assert len(wire.encode_probe("hq", 1, 2, N8, MAC)) == 3 + 1 + 2 + 8 + 8 + 16
+    m = decode(wire.encode_ack("branch-2", 7, 0, N8, MAC, hold=431))
+    assert (m.type, m.sender, m.seq, m.digest, m.hold) == (wire.ACK, "branch-2", 7, 0, 431)
+    assert decode(wire.encode_ack("b", 7, 0, N8, MAC, hold=10 ** 6)).hold == 0xFFFF
+    # compact: 14 bytes of probe, 8 of nonce, 2 of hold, 16 of MAC (the MAC covers the hold)
+    assert len(wire.encode_probe("hq", 1, 2, N8, MAC)) == 3 + 1 + 2 + 8 + 8 + 2 + 16
     assert wire.peek(wire.encode_probe("hq", 1, 2, N8, MAC)) == (wire.PROBE, "hq")
     assert wire.peek(b"\x00junk") is None
 
@@ -58,16 +59,16 @@ def test_summary_and_request_round_trip():
     (b"", "truncated"),
     (b"\x00\x01\x01\x02hq" + bytes(8), "magic"),
     (b"\xa7\x01\x01\x02hq" + bytes(8), "version"),
-    (b"\xa7\x03\x0f\x02hq" + bytes(8), "unknown message type"),
-    (b"\xa7\x03\x01\x02hq" + bytes(33), "trailing"),
-    (b"\xa7\x03\x01\x02hq" + bytes(31), "truncated"),
-    (b"\xa7\x03\x01\x02HQ" + bytes(32), "bad name"),
-    (b"\xa7\x03\x01\x00" + bytes(32), "bad name"),
-    (b"\xa7\x03\x01\x02-q" + bytes(32), "bad name"),
-    (b"\xa7\x03\x03\x02hq\x00", "empty"),
-    (b"\xa7\x03\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01b\x00\x00", "zero cost"),
-    (b"\xa7\x03\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01a\x00\x01", "self link"),
-    (b"\xa7\x03\x04\x02hq\xff\xff\x01a", "truncated"),
+    (b"\xa7\x04\x0f\x02hq" + bytes(8), "unknown message type"),
+    (b"\xa7\x04\x01\x02hq" + bytes(35), "trailing"),
+    (b"\xa7\x04\x01\x02hq" + bytes(33), "truncated"),
+    (b"\xa7\x04\x01\x02HQ" + bytes(34), "bad name"),
+    (b"\xa7\x04\x01\x00" + bytes(34), "bad name"),
+    (b"\xa7\x04\x01\x02-q" + bytes(34), "bad name"),
+    (b"\xa7\x04\x03\x02hq\x00", "empty"),
+    (b"\xa7\x04\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01b\x00\x00", "zero cost"),
+    (b"\xa7\x04\x03\x02hq\x01\x01a" + bytes(4) + b"\x00\x00\x00\x01\x01a\x00\x01", "self link"),
+    (b"\xa7\x04\x04\x02hq\xff\xff\x01a", "truncated"),
 ])
 def test_malformed_raises_wire_error(data, why):
     with pytest.raises(WireError, match=why):

@@ -16,10 +16,11 @@ def kernel_wireguard():
                     "is False): tests/test_kernel_vm.py runs this test inside the qemu VM")
 
 
-def test_kernel_and_uapi_sites_interoperate(kernel_wireguard, make_lab):
-    lab = make_lab(2, backend=["kernel", "uapi"])
-    a, b = lab.sites
-    assert (a.backend, b.backend) == ("kernel", "uapi")
+def test_kernel_and_uapi_sites_interoperate_and_relay_for_each_other(kernel_wireguard, make_lab):
+    # One lab (each costs ~30 s in the VM): kernel a, uapi b, kernel c.
+    lab = make_lab(3, backend=["kernel", "uapi", "kernel"])
+    a, b, c = lab.sites
+    assert (a.backend, b.backend, c.backend) == ("kernel", "uapi", "kernel")
     lab.start_all(timeout=15 * SLOW)
     assert lab.wait_ping(a, b, timeout=20 * SLOW), lab.daemon_log(a) + lab.daemon_log(b)
     assert lab.wait_ping(b, a, timeout=10 * SLOW), lab.daemon_log(b)
@@ -38,5 +39,25 @@ def test_kernel_and_uapi_sites_interoperate(kernel_wireguard, make_lab):
     assert "wireguard-go" in comms, comms
     for s in lab.sites:
         assert_wg_show_matches(lab, s, lab.sites)
-        peer, = lab.status(s)["peers"]
-        assert peer["last_handshake_age"] is not None and peer["rx"] > 0 and peer["tx"] > 0
+        for peer in lab.status(s)["peers"]:
+            assert peer["last_handshake_age"] is not None and peer["rx"] > 0 and peer["tx"] > 0
+    # Issue 14, must show 5: a uapi relay carries a kernel↔kernel session, and a kernel relay
+    # a uapi↔kernel one; link liveness reads counters from both (netlink dump, UAPI get).
+    assert lab.wait_direct(timeout=30 * SLOW), [lab.routes(s) for s in lab.sites]
+    lab.cut(a, c)                                       # kernel a ↔ kernel c via uapi b
+    relayed_ping(lab, a, c, via=b)
+    relayed_ping(lab, c, a, via=b)
+    lab.restore(a, c)
+    assert lab.wait_routes(a, {c.name: c.name}, timeout=30 * SLOW), lab.routes(a)
+    lab.cut(b, c)                                       # uapi b ↔ kernel c via kernel a
+    relayed_ping(lab, b, c, via=a)
+    relayed_ping(lab, c, b, via=a)
+
+
+def relayed_ping(lab, src, dst, via):
+    assert lab.wait_routes(src, {dst.name: via.name}, timeout=10 * SLOW), lab.routes(src)
+    assert lab.wait_ping(src, dst, timeout=10 * SLOW), lab.daemon_log(src)
+    assert lab.status(via)["relay"]["sessions"], lab.status(via)["relay"]
+    # the session rides the relay's port: the relay forwards it in its kernel (nft NAT)
+    nft = lab.ns.exec(via.router, "nft", "list", "table", "inet", "lanmesh_" + via.ifname).stdout
+    assert "dnat" in nft, nft

@@ -219,6 +219,17 @@ def test_wireguard_go_killed_is_restored_and_stop_leaves_nothing(make_lab):
     now = [p for p in lab.ns.pids(a.router) if open(f"/proc/{p}/comm").read().strip() == "wireguard-go"]
     assert len(now) == 1 and now != wg_pids
     assert lab.daemon_log_full(a).count("started wireguard-go") == 2
+    # the link is watched by in-tunnel echoes again: the echo socket followed the new
+    # device (one bound to the old one sends nowhere, and the link would flap)
+    def echoes():
+        return lab.status(a)["mesh"]
+    c0 = echoes()
+    deadline = time.monotonic() + 15
+    while echoes()["echo_replies"] <= c0["echo_replies"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    c1 = echoes()
+    assert c1["echo_replies"] > c0["echo_replies"], c1
+    assert c1["echo_send_errors"] == c0["echo_send_errors"], c1
 
     rc = lab.stop(a)
     assert rc == 0, lab.daemon_log(a)

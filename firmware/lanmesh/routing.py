@@ -3,15 +3,18 @@
 # it) become MessageReceived facts, the core's deadlines drive tick(), and its effects go out
 # as datagrams (SendMessage), as new routes for the data plane (RoutesChanged), as what this
 # node forwards as a blind relay (RelayMaps), and as peers' underlay addresses (PeerAddress).
+# A sampler reads WireGuard's per-peer counters (one dump) and the echo socket's replies every
+# core.sample_ms(): that is how links that carry traffic are watched (mesh/liveness.py).
 from .log import getLogger
 
 from . import aio
+from .adapters.echo import EchoSocket
 from .adapters.udp import MeshSocket, PathSocket, host_of
 from .advert_keys import AdvertKeys
 from .errors import LanmeshError
 from .mesh import wire
 from .mesh.node import (DocumentChanged, LinkChanged, MeshNode, MessageReceived, PeerAddress,
-                        RelayMaps, RoutesChanged, SendMessage)
+                        RelayMaps, RoutesChanged, Sample, SendEcho, SendMessage)
 from .ticks import ticks_add, ticks_diff, ticks_ms
 
 log = getLogger("lanmesh.mesh")
@@ -40,6 +43,11 @@ class MeshRouting:
         self.late_max_ms = 0           # the loop's own lateness: how late the timer fired
         self.on_links = None           # (up, total) -> None: told whenever a link changes
         self.on_routes = None          # plan -> None: told when the core's routes change
+        self.echo = None               # the echo socket (None in-process, or without CAP_NET_RAW)
+        self.names = {}                # WireGuard public key -> node name
+        self._sampler = None
+        self.samples = 0
+        self.sample_ms_total = 0.0     # time spent reading counters and echo replies
         self._bind(doc)
 
     def socket_for(self, doc):
@@ -75,10 +83,30 @@ class MeshRouting:
             self._path_watch = aio.on_readable(new, self._path_readable)
         if self.path is not None:
             self.path.close()
+        if self.echo is not None:
+            self.echo.close()
         self.path = new
+
+    def _bind_echo(self, doc):
+        """A new echo socket with every new mesh socket: bound like it to our overlay address
+        and the tunnel device, whose recreation (wireguard-go restarted) strands both. Real
+        daemons only; without it, links are watched by probes alone."""
+        if self.daemon.mesh_socket is not None:
+            return
+        me = host_of(doc.node(self.daemon.cfg.name).ipv6)
+        try:
+            new = EchoSocket(me, self.daemon.cfg.interface)
+        except OSError as e:
+            log.warning("link echoes: cannot open an ICMPv6 socket (%s); every link is probed "
+                        "instead", e.strerror or e)
+            new = None
+        if self.echo is not None:
+            self.echo.close()
+        self.echo = new
 
     def _bind(self, doc, sock=None):
         self._bind_path(doc)
+        self.names = {n.public_key: n.name for n in doc.nodes.values()}
         self.addresses = {n.name: host_of(n.ipv6) for n in doc.nodes.values()}
         self.by_address = {a: name for name, a in self.addresses.items()}
         sock = sock or self.socket_for(doc)
@@ -93,6 +121,7 @@ class MeshRouting:
             old.close()
         if watching:
             self._watching = aio.on_readable(self.sock, self._readable)
+        self._bind_echo(doc)
 
     def check_device(self):
         """The tunnel device was recreated (wireguard-go restarted): the socket, bound to the
@@ -117,13 +146,17 @@ class MeshRouting:
     def status(self):
         st = self.core.status()
         links = [{"peer": p, "up": l["up"], "rtt_ms": l["rtt_ms"], "loss": l["loss_pct"] / 100,
-                  "cost": l["cost"], "flaps": l["flaps"]} for p, l in sorted(st["links"].items())]
+                  "cost": l["cost"], "flaps": l["flaps"], "watch": l["watch"]}
+                 for p, l in sorted(st["links"].items())]
+        echo = self.echo.counts() if self.echo is not None else {}
         counters = dict(st["counters"], unknown_source=self.unknown_source, wakeups=self.wakeups,
                         send_errors=self.sock.send_errors if self.sock else 0,
                         wrong_interface=self._wrong_interface_before +
                         (self.sock.wrong_interface if self.sock else 0),
                         adverts_signed=self.keys.signed, adverts_verified=self.keys.verified,
-                        loop_late_max_ms=self.late_max_ms)
+                        loop_late_max_ms=self.late_max_ms, samples=self.samples,
+                        sample_ms_total=round(self.sample_ms_total, 1),
+                        **{"echo_" + k: v for k, v in echo.items()})
         return {"links": links, "next_hops": st["next_hops"], "counters": counters,
                 "lsdb": st["lsdb"], "relayed": st["relayed"], "relay": st["relay"]}
 
@@ -138,6 +171,10 @@ class MeshRouting:
                 addr = self.addresses.get(e.peer)
                 if addr is not None:
                     self.sock.send(addr, e.data)
+            elif isinstance(e, SendEcho):
+                addr = self.addresses.get(e.peer)
+                if self.echo is not None and addr is not None:
+                    self.echo.send(addr, e.seq)
             elif isinstance(e, RelayMaps):
                 log.info("relay: forwarding %d session directions", len(e.maps))
                 if self.on_relays is not None:
@@ -175,12 +212,13 @@ class MeshRouting:
     def _path_readable(self):
         self.wakeups += 1
         try:
-            for src, data in self.path.receive():
+            for src, data, age in self.path.receive():
                 head = wire.peek(data)
                 if head is None or head[1] not in self.addresses:
                     self.unknown_source += 1
                     continue
-                self._effects(self.core.handle(MessageReceived(head[1], data, via=src), ticks_ms()))
+                self._effects(self.core.handle(MessageReceived(head[1], data, via=src, age_ms=age),
+                                               ticks_ms()))
         except Exception:
             log.exception("mesh: handling a path datagram failed")
         self._schedule()
@@ -198,6 +236,46 @@ class MeshRouting:
         except Exception:
             log.exception("mesh: tick failed")
         self._schedule()
+
+    def _sample(self):
+        """Feed WireGuard's counters and the echo replies to the core; re-arm at its cadence."""
+        self.wakeups += 1
+        try:
+            t0 = ticks_ms()
+            counters = self._counters()
+            if counters is not None:
+                echoes = []
+                if self.echo is not None:
+                    for addr, seq, ms in self.echo.drain():
+                        peer = self.by_address.get(addr)
+                        if peer is not None:
+                            echoes.append((peer, seq, ms))
+                self.samples += 1
+                self.sample_ms_total += ticks_diff(ticks_ms(), t0)
+                self._effects(self.core.handle(Sample(counters, echoes), ticks_ms()))
+        except Exception:
+            log.exception("mesh: sampling link counters failed")
+        if self._sampler is not None:
+            self._sampler.arm_ms(self.core.sample_ms())
+        self._schedule()
+
+    def _counters(self):
+        """{peer name: (rx, tx)}, or None when this backend has no counters (in-process) or
+        links are not watched by traffic (no echo socket)."""
+        read = getattr(self.daemon.backend, "counters", None)
+        if read is None or self.echo is None:
+            return None
+        try:
+            by_key = read()
+        except LanmeshError as e:
+            log.debug("link counters: %s", e)
+            return None
+        out = {}
+        for key, c in by_key.items():
+            name = self.names.get(key)
+            if name is not None:
+                out[name] = c
+        return out
 
     def _schedule(self):
         """(Re-)arm the timer for the core's next deadline; cheap when it did not move."""
@@ -219,6 +297,9 @@ class MeshRouting:
 
     async def run(self, stopped):
         self._timer = aio.Timer(self._due)
+        if self.echo is not None:
+            self._sampler = aio.Timer(self._sample)
+            self._sampler.arm_ms(self.core.sample_ms())
         self._watching = aio.on_readable(self.sock, self._readable)
         if self.path is not None:
             self._path_watch = aio.on_readable(self.path, self._path_readable)
@@ -232,9 +313,14 @@ class MeshRouting:
                 self._path_watch = None
             self._timer.cancel()
             self._timer = None
+            if self._sampler is not None:
+                self._sampler.cancel()
+                self._sampler = None
 
     def close(self):
         if self.sock is not None:
             self.sock.close()
         if self.path is not None:
             self.path.close()
+        if self.echo is not None:
+            self.echo.close()

@@ -13,6 +13,13 @@ import uuid
 _live = []           # (Namespaces) still to tear down at exit
 
 
+def cpu_ticks(pid):
+    """User + system CPU clock ticks of a process so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def sh(*argv, check=True, input=None, timeout=30):
     r = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:

@@ -162,14 +162,15 @@ class Lab:
             self.wait_ready(s)
         return s.proc
 
-    def start_all(self, doc=None, timeout=15):
+    def start_all(self, doc=None, timeout=15, extra_env=None):
         """Write `doc` (default: a new document of every site) and start every site's
-        daemon, all at once, then wait until each answers. Returns the document."""
+        daemon, all at once, then wait until each answers. Returns the document.
+        extra_env: e.g. {"PYTHONPATH": another revision's firmware/} (bench/revisions.py)."""
         if doc is None:
             doc = self.document()
         self.write_document(doc)
         for s in self.sites:
-            self.start(s, wait=False)
+            self.start(s, wait=False, extra_env=extra_env)
         for s in self.sites:
             self.wait_ready(s, timeout)
         return doc
@@ -254,6 +255,17 @@ class Lab:
             argv += ["-i", str(interval)]
         r = self.ns.exec(src.host, *argv, target, check=False, timeout=count * 2 + wait_s + 10)
         return r.returncode == 0, r.stdout
+
+    def unreachable_pairs(self):
+        """[(source host, target)]: every site's LAN host pings every other site's LAN host
+        once, each source's pings in parallel."""
+        bad = []
+        for s in self.sites:
+            targets = " ".join(d.host4 for d in self.sites if d is not s)
+            out = self.ns.exec(s.host, "sh", "-c", f"for t in {targets}; do (ping -n -c1 -W2 $t "
+                               ">/dev/null 2>&1 || echo $t) & done; wait", timeout=30).stdout
+            bad += [(s.host4, t) for t in out.split()]
+        return bad
 
     def wait_ping(self, src, dst, family=4, timeout=20):
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@
 import errno
 import socket
 import struct
+import time
 
 IPV6_FREEBIND = 78          # bind before DAD/address set-up finishes (Linux)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
@@ -15,6 +16,22 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 MAX_DATAGRAM = 2048
 _CMSG_SPACE = socket.CMSG_SPACE(20)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_STAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+def kernel_stamp(ancillary):
+    """The kernel's receive time (wall clock, s) from SO_TIMESTAMPNS ancillary data."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            if len(data) >= 16:
+                sec, nsec = struct.unpack_from("=qq", data)
+            elif len(data) >= 8:            # 32-bit timespec (older 32-bit ABIs)
+                sec, nsec = struct.unpack_from("=ii", data)
+            else:
+                return None
+            return sec + nsec / 1e9
+    return None
 
 
 def host_of(prefix):
@@ -107,13 +124,16 @@ def _arrived_on(ancillary):
 
 class PathSocket:
     """Link probes outside the tunnel (issue 14): UDP on the path port of every underlay
-    address (IPv4). What arrives is believed only if its MAC verifies (the mesh core)."""
+    address (IPv4). What arrives is believed only if its MAC verifies (the mesh core). Each
+    datagram comes with its age: how long ago the kernel received it (SO_TIMESTAMPNS), so
+    neither our wake-up latency nor the peer's counts as path RTT."""
 
     def __init__(self, port):
         self.port = port
         self.send_errors = 0
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             s.bind(("0.0.0.0", port))
         except OSError:
             s.close()
@@ -128,16 +148,18 @@ class PathSocket:
         _send(self, data, addr)
 
     def receive(self):
-        """[((ip, port), data)] waiting now."""
+        """[((ip, port), data, age ms)] waiting now."""
         out = []
         while True:
             try:
-                data, src = self.sock.recvfrom(MAX_DATAGRAM)
+                data, anc, _flags, src = self.sock.recvmsg(MAX_DATAGRAM, _STAMP_SPACE)
             except (BlockingIOError, InterruptedError):
                 return out
             except OSError:
                 return out          # e.g. ECONNREFUSED from an earlier send: nothing to read
-            out.append(((src[0], src[1]), data))
+            at = kernel_stamp(anc)
+            age = 0 if at is None else int((time.time() - at) * 1000)
+            out.append(((src[0], src[1]), data, min(max(0, age), 60000)))
 
     def close(self):
         self.sock.close()

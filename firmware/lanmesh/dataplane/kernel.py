@@ -50,6 +50,8 @@ class KernelBackend:
         self._state = None          # last state asked for: re-applied when the link vanishes
         self._endpoints = {}        # peer → endpoint we set and stand by (peerdiff's roaming rule)
         self._wg_family = None      # generic-netlink family id of WireGuard, once looked up
+        self._sampler = None        # the netlink socket counters() reuses (the loop's own:
+                                    # one receive buffer, not 64 kB per sample)
 
     # --- backend API ----------------------------------------------------------------------
 
@@ -80,6 +82,27 @@ class KernelBackend:
         return {k: PeerStatus(k, p["endpoint"], p["last_handshake"], p["rx_bytes"],
                               p["tx_bytes"], p["allowed_ips"]) for k, p in dev["peers"].items()}
 
+    def counters(self):
+        """{public_key: (rx_bytes, tx_bytes)}: one netlink dump (mesh/liveness.py); {} while
+        the link is gone."""
+        try:
+            with _netlink_errors(self.ifname):
+                if self._sampler is None:
+                    self._sampler = wgnl.open_socket()
+                parts = wgnl.get_device(self._sampler, self._family(self._sampler), self.ifname)
+        except BackendError:
+            self._wg_family = None
+            if self._sampler is not None:
+                self._sampler.close()
+                self._sampler = None
+            return {}
+        out = {}
+        for part in parts:
+            for p in part["peers"]:
+                rx, tx = out.get(p["public_key"], (0, 0))
+                out[p["public_key"]] = (p.get("rx_bytes", rx), p.get("tx_bytes", tx))
+        return out
+
     def supervise(self):
         """Recreate the link (and re-apply the last state) if it vanished; True if it did."""
         if self._state is None or self._link_index() is not None:
@@ -91,6 +114,9 @@ class KernelBackend:
     def close(self):
         """Undo HostNet's changes, then delete the link (sessions end with it)."""
         self._state = None
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
         try:
             self.hostnet.close()
         finally:

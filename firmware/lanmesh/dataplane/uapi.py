@@ -19,7 +19,7 @@ from .endpoint import resolve
 from .hostnet import HostNet
 from .linkstate import PeerStatus
 from .peerdiff import choose_endpoints
-from .uapi_proto import UapiError, build_set, check_errno, errno_text, norm_prefix, parse_get
+from .uapi_proto import counters_of, UapiError, build_set, check_errno, errno_text, norm_prefix, parse_get
 
 SOCK_DIR = "/var/run/wireguard"
 START_TIMEOUT = 5.0     # wireguard-go opens its socket in ~50 ms; allow for a slow router
@@ -71,6 +71,12 @@ class UapiBackend:
         return {from_hex(pk): PeerStatus(from_hex(pk), p["endpoint"], p["last_handshake"],
                                          p["rx_bytes"], p["tx_bytes"], p["allowed_ips"])
                 for pk, p in dev["peers"].items()}
+
+    def counters(self):
+        """{public_key: (rx_bytes, tx_bytes)}: one UAPI get (mesh/liveness.py)."""
+        if not self._alive():
+            return {}
+        return {from_hex(pk): c for pk, c in counters_of(self._request("get=1\n\n")).items()}
 
     def supervise(self):
         """Restart a dead wireguard-go and re-apply the last state; True if it did. (A failed

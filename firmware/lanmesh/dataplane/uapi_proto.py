@@ -119,6 +119,26 @@ def parse_get(reply):
     return dev
 
 
+def counters_of(reply):
+    """A `get=1` reply → {hex public key: (rx_bytes, tx_bytes)}: only what link monitoring
+    reads every sample (mesh/liveness.py), without parsing every allowed IP."""
+    out = {}
+    key = None
+    rx = tx = 0
+    for line in reply.split("\n"):
+        if line.startswith("public_key="):
+            if key is not None:
+                out[key] = (rx, tx)
+            key, rx, tx = line[11:].lower(), 0, 0
+        elif key is not None and line.startswith("rx_bytes="):
+            rx = _int("rx_bytes", line[9:])
+        elif key is not None and line.startswith("tx_bytes="):
+            tx = _int("tx_bytes", line[9:])
+    if key is not None:
+        out[key] = (rx, tx)
+    return out
+
+
 def _hexkey(key, value):
     if len(value) != 64:
         raise UapiError(f"UAPI reply: {key} is not 64 hex digits")

@@ -11,6 +11,7 @@ FLAP_WINDOW_MS = 10000  # going down sooner than this after coming up counts as 
 STABLE_MS = 30000       # up this long clears the flap penalty
 LOSS_WINDOW = 20        # probes
 RTT_MEDIAN_OF = 3       # the smoothed RTT takes the median of this many samples
+LOW_OF = 3              # the cost's RTT: the lowest of this many samples taken while idle
 HOP_COST = 5            # every hop costs this much on top of RTT: direct wins near-ties
 COST_SWITCH_MS = 3      # advertised cost moves only if the new value differs by more
 COST_SWITCH_PCT = 25    # ... than both this many ms and this percentage
@@ -22,7 +23,7 @@ LATE_KEEP = 8           # timed-out probes remembered for late acks
 class Link:
     __slots__ = ("peer", "interval", "seq", "next_probe_at", "outstanding", "srtt8", "up",
                  "good_run", "miss_run", "up_needed", "history", "probes", "cost", "changed",
-                 "up_since", "_rand", "late_acks", "flaps", "expired", "recent")
+                 "up_since", "_rand", "late_acks", "flaps", "expired", "recent", "lows", "low")
 
     def __init__(self, peer, now, interval_ms=DEFAULT_INTERVAL_MS, salt=1):
         self.peer = peer
@@ -36,6 +37,8 @@ class Link:
         self.expired = {}       # recently timed-out seq -> sent tick: late acks still teach RTT
         self.srtt8 = None       # smoothed RTT x 8 (ms), integer EWMA with alpha 1/8
         self.recent = []        # the last RTT_MEDIAN_OF raw samples (ms)
+        self.lows = []          # the last LOW_OF samples taken while the link was idle (ms)
+        self.low = None         # the RTT the cost is made of: see sample()
         self.up = False
         self.good_run = 0
         self.miss_run = 0
@@ -104,22 +107,55 @@ class Link:
         self.next_probe_at = ticks_add(now, max(1, self.interval + j))
         return self.seq
 
-    def acked(self, seq, now):
-        """An ack for `seq` arrived. Unknown or already-expired sequence numbers are ignored."""
+    def acked(self, seq, now, held=0):
+        """An ack for `seq` arrived. Unknown or already-expired sequence numbers are ignored.
+        held: ms of the round trip spent in hosts, not on the path (the ack's hold, and how
+        long ago our kernel received the ack)."""
         sent = self.outstanding.pop(seq, None)
         if sent is None:
             self.late_acks += 1
             sent = self.expired.pop(seq, None)
             if sent is not None:        # already counted lost, but the RTT is real
-                self._sample(ticks_diff(now, sent))
+                self._sample(ticks_diff(now, sent) - held)
             return
-        self._sample(ticks_diff(now, sent))
+        self._sample(ticks_diff(now, sent) - held)
         self._outcome(False, now)
 
-    def _sample(self, ms):
+    def sample(self, ms, loaded=False):
+        """An RTT measured another way (an echo inside the tunnel, see liveness.py).
+        loaded: the link carried traffic meanwhile, so queueing of our own flows may be in it."""
+        self._sample(ms, loaded)
+        if self.up:
+            self._update_cost()
+
+    def lost(self, now):
+        """The link's traffic monitor saw it go silent (liveness.py): down now."""
+        if self.up:
+            self._go_down(now)
+
+    def quiet(self):
+        """Stop probing (the traffic monitor watches the link): forget probes in flight,
+        which would otherwise expire as misses."""
+        self.outstanding.clear()
+        self.expired.clear()
+        self.history = 0
+        self.probes = 0
+
+    def _sample(self, ms, loaded=False):
+        # The cost's RTT is the lower envelope of idle samples: a link's own traffic queues
+        # and delays them (a saturating flow would move itself onto a relay, then back), so
+        # a sample taken under load may lower the cost but never raise it.
+        ms = max(0, ms)
+        if not loaded:
+            self.lows.append(ms)
+            if len(self.lows) > LOW_OF:
+                del self.lows[0]
+            self.low = min(self.lows)
+        elif self.low is None or ms < self.low:
+            self.low = ms
         # A median of 3 before the EWMA: one probe made late by a stall (a busy host, a
         # scheduler hiccup) never reaches the smoothed RTT, two in a row do.
-        self.recent.append(max(0, ms))
+        self.recent.append(ms)
         if len(self.recent) > RTT_MEDIAN_OF:
             del self.recent[0]
         ms = sorted(self.recent)[len(self.recent) // 2]
@@ -158,6 +194,10 @@ class Link:
     def _go_up(self, now):
         self.up = True
         self.up_since = now
+        # what was lost while down is not loss of the link that is now up: the window
+        # restarts from the run of answers that brought it up
+        self.history = 0
+        self.probes = min(LOSS_WINDOW, self.good_run)
         self.cost = self.raw_cost()
         self.changed = True
 
@@ -174,7 +214,7 @@ class Link:
         """Current unsticky cost: RTT + per-hop cost + 1 per % loss. One lost probe in the
         loss window is forgiven (a stall must not move routes); a second counts both."""
         loss = max(0, self._lost() - 1) * 100 // self.probes if self.probes else 0
-        return max(1, min(MAX_COST, (self.rtt_ms() or 0) + HOP_COST + loss))
+        return max(1, min(MAX_COST, (self.low or 0) + HOP_COST + loss))
 
     def _update_cost(self):
         new = self.raw_cost()

@@ -4,6 +4,8 @@
 #   node = MeshNode("hq", doc["nodes"], doc["settings"], keys=AdvertKeys(private_key))
 #   effects = node.handle(MessageReceived("branch", data), now)   # or DocumentChanged(...)
 #   effects = node.tick(now)          # when now reaches node.next_deadline()
+#   effects = node.handle(Sample(counters, echoes), now)  # every node.sample_ms(): WireGuard's
+#                                     # per-peer (rx, tx) and echo RTTs (mesh/liveness.py)
 # Effects: SendMessage(peer, data, to) - PROBE/ACK: UDP on the path port to the peer's
 #                                    underlay address (`to`, else the one the runner knows),
 #                                    outside the tunnel; anything else: to the peer's pinned
@@ -11,7 +13,12 @@
 #          RoutesChanged(plan)       - next hops, and the relay each relayed peer sends to;
 #          RelayMaps(maps)           - what this node's kernel forwards as a blind relay;
 #          PeerAddress(peer, addr)   - an authenticated path message came from this address;
+#          SendEcho(peer, seq)       - an ICMPv6 echo inside the tunnel to the peer's overlay
+#                                    address (its kernel answers: liveness.py);
 #          LinkChanged(peer, up, rtt_ms, cost) - for the log.
+# Links are probed (PROBE/ACK) until they are up and carry their peer's route directly; then,
+# once the runner feeds WireGuard's counters, their traffic is their proof of life (liveness).
+# Without counters (in-process tests) every link is probed every probe_interval_ms, as before.
 # `keys` signs our own LSAs and verifies everyone else's against the public key the
 # document lists for their origin (sign(message) -> 64 bytes, verify(public_key, message,
 # sig) -> bool): pure functions, so the core stays pure. An LSA that does not verify is
@@ -24,6 +31,7 @@ from .links import Link, DEFAULT_INTERVAL_MS
 from .lsdb import Lsdb, REFRESH_MS, MAX_AGE_MS, NEWER, OLDER, OWN
 from .paths import shortest_paths
 from .plan import node_facts, make_plan
+from .liveness import Watch, IDLE_MS
 from .relay import Relays, session
 
 PROBE_SLACK_PCT = 20    # probes due within this share of the interval go with the current wake-up
@@ -32,15 +40,21 @@ SYNC_AFTER_MS = 1000    # neighbours whose DB digest differs this long get a sum
 SYNC_BACKOFF_MAX_MS = 16000
 ANSWER_FACTOR = 2       # bytes sent in answer to a datagram, at most this many times its size
 FIGHT_BACK_MS = 1000    # re-originations forced by an old copy of our own LSA: at most one per
+STANDBY_MS = 2000       # probe interval of an up link that is not the route (it is a standby)
+DOWN_MS = 1000          # ... of a link down for longer than FRESH_MS (a site that is gone)
+FRESH_MS = 10000
+STARTUP_HOLD_MS = 3000  # a node just started asks no relay yet: its direct links are up within
+                        # ~1 s, and a fleet starting together would first relay through itself
 
 
 class MessageReceived:
-    __slots__ = ("from_peer", "data", "via")
+    __slots__ = ("from_peer", "data", "via", "age_ms")
 
-    def __init__(self, from_peer, data, via=None):
+    def __init__(self, from_peer, data, via=None, age_ms=0):
         self.from_peer = from_peer      # peer name: from the pinned source address (tunnel),
         self.data = data                # or as the datagram claims (path: its MAC decides)
         self.via = via                  # path messages: the underlay (ip, port) it came from
+        self.age_ms = age_ms            # how long ago the kernel received it (its timestamp)
 
 
 class DocumentChanged:
@@ -49,6 +63,25 @@ class DocumentChanged:
     def __init__(self, nodes, settings=None):
         self.nodes = nodes
         self.settings = settings
+
+
+class Sample:
+    __slots__ = ("counters", "echoes")
+
+    def __init__(self, counters, echoes=()):
+        self.counters = counters        # {peer: (rx_bytes, tx_bytes)} as WireGuard counts them
+        self.echoes = echoes            # [(peer, seq, rtt_ms)]: echo replies read since
+
+
+class SendEcho:
+    __slots__ = ("peer", "seq")
+
+    def __init__(self, peer, seq):
+        self.peer = peer
+        self.seq = seq
+
+    def __repr__(self):
+        return "SendEcho(%s, %d)" % (self.peer, self.seq)
 
 
 class SendMessage:
@@ -139,6 +172,10 @@ class MeshNode:
         self._maps = ()                 # what we forward as a relay (last RelayMaps)
         self._nonces = {}               # peer -> {seq: nonce} of our outstanding path probes
         self._addr = {}                 # peer -> underlay address its path messages come from
+        self.watches = {}               # peer -> liveness.Watch, for links its traffic proves
+        self._counted = set()           # peers whose WireGuard counters we are fed
+        self._down_at = {}              # peer -> tick its link was last seen not up
+        self._hold_until = None         # no relay asks before this tick (STARTUP_HOLD_MS)
         self.counters = {"malformed": 0, "bad_sender": 0, "unknown_origin": 0,
                          "bad_signature": 0, "bad_mac": 0, "answers_cut": 0, "fight_backs": 0,
                          "rx_msgs": 0, "rx_bytes": 0, "tx_msgs": 0, "tx_bytes": 0, "spf_runs": 0}
@@ -155,10 +192,12 @@ class MeshNode:
     def handle(self, fact, now):
         out = self._start(now)
         if isinstance(fact, MessageReceived):
-            if self._message(fact.from_peer, fact.data, now, out, fact.via):
+            if self._message(fact.from_peer, fact.data, now, out, fact.via, fact.age_ms):
                 self._probe(now, out)
         elif isinstance(fact, DocumentChanged):
             self._document(fact.nodes, fact.settings, now, out)
+        elif isinstance(fact, Sample):
+            self._sample(fact, now, out)
         else:
             raise TypeError("unknown fact %r" % (fact,))
         self._settle_links(now, out)
@@ -166,6 +205,9 @@ class MeshNode:
 
     def tick(self, now):
         out = self._start(now)
+        if self._hold_until is not None and ticks_diff(now, self._hold_until) >= 0:
+            self._hold_until = None
+            self._dirty(now)
         self._probe(now, out)
         self._settle_links(now, out)
         d = self.relays.next_deadline()
@@ -185,9 +227,10 @@ class MeshNode:
     def next_deadline(self):
         if self._now is None:
             return None
-        d = ticks_min(self._dirty_at, self._refresh_at)
-        for link in self.links.values():
-            d = ticks_min(d, link.next_deadline())
+        d = ticks_min(ticks_min(self._dirty_at, self._refresh_at), self._hold_until)
+        for peer, link in self.links.items():
+            if peer not in self.watches:
+                d = ticks_min(d, link.next_deadline())
         d = ticks_min(d, self.lsdb.next_deadline())
         d = ticks_min(d, self.relays.next_deadline())
         for peer in self._mismatch:
@@ -195,12 +238,24 @@ class MeshNode:
                 d = ticks_min(d, self._sync_due(peer))
         return d
 
+    def sample_ms(self):
+        """How soon the runner should feed the next Sample (liveness.py cadences)."""
+        ms = IDLE_MS
+        for w in self.watches.values():
+            c = w.cadence_ms()
+            if c < ms:
+                ms = c
+        return ms
+
     def status(self):
         links = {}
         for peer in sorted(self.links):
             l = self.links[peer]
+            w = self.watches.get(peer)
             links[peer] = {"up": l.up, "rtt_ms": l.rtt_ms(), "loss_pct": l.loss_pct(),
-                           "cost": l.cost, "flaps": l.flaps}
+                           "cost": l.cost, "flaps": l.flaps,
+                           "watch": None if w is None else ("suspect" if w.suspect_since is not None
+                                                            else "busy" if w.busy else "idle")}
         plan = self.plan
         return {"links": links,
                 "routes": dict(plan.routes) if plan else {},
@@ -218,6 +273,7 @@ class MeshNode:
             nodes, settings = self._pending_doc
             self._pending_doc = None
             self._refresh_at = now
+            self._hold_until = ticks_add(now, STARTUP_HOLD_MS)
             self._document(nodes, settings, now, out)
         return out
 
@@ -242,6 +298,8 @@ class MeshNode:
         for peer in [p for p in self.links if p not in self.nodes]:
             del self.links[peer]
             self._forget(peer)
+            self.watches.pop(peer, None)
+            self._counted.discard(peer)
         for origin in self.lsdb.origins():
             if origin not in self.nodes:
                 self.lsdb.remove(origin)
@@ -256,7 +314,11 @@ class MeshNode:
         # idle node's CPU. Probes go at most PROBE_SLACK_PCT of an interval early.
         slack = self.interval * PROBE_SLACK_PCT // 100
         for peer in sorted(self.links):
-            seq = self.links[peer].tick(now, slack)
+            if peer in self.watches:
+                continue
+            link = self.links[peer]
+            link.set_interval(self._probe_interval(peer, link, now))
+            seq = link.tick(now, slack)
             if seq is not None:
                 nonce = self.keys.nonce()
                 sent = self._nonces.setdefault(peer, {})
@@ -267,21 +329,62 @@ class MeshNode:
                 if data is not None:
                     out.append(SendMessage(peer, data))
 
-    def _path(self, peer, encode, seq, nonce):
+    def _probe_interval(self, peer, link, now):
+        if peer not in self._counted:
+            return self.interval            # no traffic counters: probes are all we have
+        if link.up:
+            self._down_at.pop(peer, None)
+            # a standby that missed an answer is asked fast (as in the past) until it answers
+            # or is down: else a cut standby stays "up" with its misses in the loss window,
+            # and that cost keeps traffic on the relay for a whole window after it heals
+            return self.interval if link.miss_run else max(self.interval, STANDBY_MS)
+        since = self._down_at.setdefault(peer, now)
+        return self.interval if ticks_diff(now, since) < FRESH_MS else max(self.interval, DOWN_MS)
+
+    def _sample(self, fact, now, out):
+        for peer, (rx, tx) in fact.counters.items():
+            link = self.links.get(peer)
+            if link is None:
+                continue
+            self._counted.add(peer)
+            w = self.watches.get(peer)
+            if not (link.up and self._hops.get(peer) == peer):
+                if w is not None:           # back to probes: a standby, or down
+                    del self.watches[peer]
+                    link.next_probe_at = now
+                continue
+            if w is None:
+                link.quiet()
+                w = self.watches[peer] = Watch(peer, now, rx, tx, _salt(self.name, peer))
+                continue
+            if w.counters(rx, tx, now, link.low):
+                del self.watches[peer]
+                link.lost(now)
+                link.next_probe_at = now
+        for peer, seq, ms in fact.echoes:
+            w = self.watches.get(peer)
+            if w is not None and w.answered(seq):
+                self.links[peer].sample(ms, loaded=w.busy)
+        for peer in sorted(self.watches):
+            seq = self.watches[peer].echo_due(now)
+            if seq is not None:
+                out.append(SendEcho(peer, seq))
+
+    def _path(self, peer, encode, seq, nonce, *hold):
         """A PROBE/ACK under the pair's MAC; None if the peer's key cannot make one."""
         tag = [None]
 
         def mac(b):
             tag[0] = self.keys.path_mac(self.public_keys.get(peer), b)
             return tag[0] or bytes(wire.MAC_BYTES)
-        data = encode(self.name, seq, self.lsdb.digest(), nonce, mac)
+        data = encode(self.name, seq, self.lsdb.digest(), nonce, mac, *hold)
         return data if tag[0] else None
 
     def _forget(self, peer):
         for d in (self._mismatch, self._sync_at, self._backoff):
             d.pop(peer, None)
 
-    def _message(self, peer, data, now, out, via=None):
+    def _message(self, peer, data, now, out, via=None, age_ms=0):
         self.counters["rx_msgs"] += 1
         self.counters["rx_bytes"] += len(data)
         try:
@@ -302,9 +405,9 @@ class MeshNode:
                 if self._nonces.get(peer, {}).pop(m.seq, None) != m.nonce:
                     self.counters["bad_mac"] += 1      # not an answer to a probe of ours
                     return False
-                self.links[peer].acked(m.seq, now)
+                self.links[peer].acked(m.seq, now, max(0, age_ms) + m.hold)
             else:
-                ack = self._path(peer, wire.encode_ack, m.seq, m.nonce)
+                ack = self._path(peer, wire.encode_ack, m.seq, m.nonce, max(0, age_ms))
                 if ack is not None:
                     out.append(SendMessage(peer, ack, via))
             if via is not None and self._addr.get(peer) != via:
@@ -351,8 +454,10 @@ class MeshNode:
             if verdict in (NEWER, OWN) and not self._verified(lsa):
                 continue
             if verdict == NEWER:
+                old = self.lsdb.get(lsa.origin)
                 self.lsdb.store(lsa, now)
-                self._dirty(now)
+                if old is None or old.links != lsa.links:
+                    self._dirty(now)        # a refresh that changes nothing costs no SPF run
                 for n in self.adjacent:
                     # the origin already sent it to every neighbour it lists
                     if n == peer or n == lsa.origin or (peer == lsa.origin and n in lsa.links):
@@ -413,6 +518,12 @@ class MeshNode:
     def _send_summary(self, peer, now, out):
         for data in wire.encode_summary(self.name, self.lsdb.summary()):
             out.append(SendMessage(peer, data))
+        if peer in self.watches:
+            # a watched link carries no probes, so no digest would ever clear the mismatch:
+            # one summary syncs both ways (each end sends what the other lacks); a lost one
+            # is repaired by the next refresh
+            self._forget(peer)
+            return
         back = self._backoff.get(peer, SYNC_AFTER_MS)
         self._sync_at[peer] = ticks_add(now, back)
         self._backoff[peer] = min(SYNC_BACKOFF_MAX_MS, back * 2)
@@ -436,6 +547,8 @@ class MeshNode:
                 self._forget(peer)
         if changed:
             self._originate(now, out)
+            if self._hold_until is not None and all(l.up for l in self.links.values()):
+                self._hold_until = None     # every direct link is up: nothing to wait for
         for peer in came_up:            # a new neighbour gets our whole database
             self._send_lsas(peer, [o for o in self.lsdb.origins() if o != self.name], now, out)
 
@@ -497,7 +610,7 @@ class MeshNode:
                                                                  px, py)))
         maps, onward = self.relays.forwarding(self._hops)
         wanted = set(onward)
-        for dest, via in self._hops.items():
+        for dest, via in self._hops.items() if self._hold_until is None else ():
             if via is not None and via != dest and dest != self.name and dest in self.nodes:
                 wanted.add((via,) + session(self.name, dest))
         before = {k: (a.ports and dict(a.ports)) for k, a in self.relays.asks.items()}

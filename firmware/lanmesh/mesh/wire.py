@@ -10,9 +10,12 @@
 # is checked against it. An LSA is also signed by its origin (XEdDSA with the origin's
 # WireGuard key, see lanmesh.ed25519), so a neighbour can forward it but not forge or alter it.
 #
-# Every message:  magic 0xA7 | version 3 | type u8 | sender name (u8 len + [a-z0-9-])
-#   PROBE   1:  seq u32 | digest u32 | nonce 8 | mac 16   (digest = sender's LSDB digest)
-#   ACK     2:  seq u32 | digest u32 | nonce 8 | mac 16   (seq and nonce echoed)
+# Every message:  magic 0xA7 | version 4 | type u8 | sender name (u8 len + [a-z0-9-])
+#   PROBE   1:  seq u32 | digest u32 | nonce 8 | hold u16 | mac 16  (digest = sender's LSDB
+#                 digest; hold 0)
+#   ACK     2:  seq u32 | digest u32 | nonce 8 | hold u16 | mac 16  (seq and nonce echoed; hold:
+#                 ms from the kernel receiving the probe to this answer, which the prober takes
+#                 off its RTT: a slow router's Python must not make its links look long)
 #   LSAS    3:  count u8 | count x LSA
 #                 LSA = origin name | seq u32 | age_s u16 | nlinks u16 | nlinks x (name | cost u16)
 #                       | signature 64 bytes over signed_bytes(LSA) (everything but the age)
@@ -27,7 +30,7 @@
 # SUMMARY or REQUEST are de-duplicated on decoding.
 
 MAGIC = 0xA7
-VERSION = 3
+VERSION = 4
 PROBE = 1
 ACK = 2
 LSAS = 3
@@ -77,7 +80,7 @@ class Message:
     bytes the mac covers), LSAS lsas, SUMMARY entries [(origin, seq)], REQUEST origins,
     RELAY a+b+want, RELAYED a+b+status+ports (port_a, port_b)."""
     __slots__ = ("type", "sender", "seq", "digest", "lsas", "entries", "origins", "nonce",
-                 "mac", "maced", "a", "b", "want", "status", "ports")
+                 "mac", "maced", "a", "b", "want", "status", "ports", "hold")
 
     def __init__(self, type, sender, seq=0, digest=0, lsas=(), entries=(), origins=()):
         self.type = type
@@ -88,6 +91,7 @@ class Message:
         self.entries = entries
         self.origins = origins
         self.nonce = self.mac = self.maced = b""
+        self.hold = 0
         self.a = self.b = None
         self.want = self.status = 0
         self.ports = (0, 0)
@@ -132,7 +136,7 @@ def _head(type, sender):
     return out
 
 
-def _path(type, sender, seq, digest, nonce, mac):
+def _path(type, sender, seq, digest, nonce, mac, hold=0):
     """mac(bytes) -> MAC_BYTES: the pair's MAC over everything before it."""
     if len(nonce) != NONCE_BYTES:
         raise WireError("nonce must be %d bytes" % NONCE_BYTES)
@@ -140,6 +144,7 @@ def _path(type, sender, seq, digest, nonce, mac):
     _u32(out, seq)
     _u32(out, digest)
     out.extend(nonce)
+    _u16(out, min(0xFFFF, max(0, hold)))
     tag = mac(bytes(out))
     if len(tag) != MAC_BYTES:
         raise WireError("mac must be %d bytes" % MAC_BYTES)
@@ -151,8 +156,8 @@ def encode_probe(sender, seq, digest, nonce, mac):
     return _path(PROBE, sender, seq, digest, nonce, mac)
 
 
-def encode_ack(sender, seq, digest, nonce, mac):
-    return _path(ACK, sender, seq, digest, nonce, mac)
+def encode_ack(sender, seq, digest, nonce, mac, hold=0):
+    return _path(ACK, sender, seq, digest, nonce, mac, hold)
 
 
 def encode_relay(sender, a, b, want):
@@ -317,6 +322,7 @@ def decode(data):
     if t == PROBE or t == ACK:
         m = Message(t, sender, seq=r.u32(), digest=r.u32())
         m.nonce = bytes(r.take(NONCE_BYTES))
+        m.hold = r.u16()
         m.maced = r.b[:r.i]
         m.mac = bytes(r.take(MAC_BYTES))
     elif t == RELAY or t == RELAYED:
