@@ -5,7 +5,6 @@ from .log import getLogger
 import binascii
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -205,7 +204,7 @@ class Daemon:
             from .adapters import openwrt_firewall
             try:
                 changes = openwrt_firewall.reconcile(ports)
-            except (OSError, subprocess.SubprocessError) as e:
+            except OSError as e:              # spawn.Failed and spawn.Timeout too
                 log.error("firewall: could not open the document's ports: %s", e)
                 self._firewall_ports = None         # the next document tries again
                 return
@@ -612,4 +611,5 @@ def _process():
 
 # Libraries a router daemon should not need, each several MB of RSS: status names any
 # that got loaded (tests/test_rss.py checks the production configuration has none).
-HEAVY_MODULES = {"asyncio", "ssl", "pyroute2", "paho", "cryptography", "urllib", "email"}
+HEAVY_MODULES = {"asyncio", "ssl", "pyroute2", "paho", "cryptography", "urllib", "email",
+                 "subprocess", "base64"}     # these two: ~0.4 MB together (spawn, keys.b64*)

@@ -4,7 +4,8 @@
 # port does not lock itself out. Only a rule that exists is edited (a user who deleted it
 # meant it), only a changed value is written, and fw4 is reloaded only then.
 import os
-import subprocess
+
+from .. import spawn
 
 RULES = {"listen_port": "firewall.lanmesh_wg.dest_port",
          "mesh_port": "firewall.lanmesh_mesh.dest_port",
@@ -17,18 +18,15 @@ def reconcile(ports, uci=("uci",), reload=("/etc/init.d/firewall", "reload"), ti
     for name, key in RULES.items():
         if ports.get(name) is None:
             continue
-        r = subprocess.run([*uci, "-q", "get", key], capture_output=True, text=True,
-                           timeout=timeout)
+        r = spawn.run([*uci, "-q", "get", key], timeout=timeout)
         if r.returncode != 0:
             continue
         want = str(ports[name])
         if r.stdout.strip() != want:
-            subprocess.run([*uci, "set", f"{key}={want}"], check=True, timeout=timeout,
-                           capture_output=True)
+            spawn.run([*uci, "set", f"{key}={want}"], check=True, timeout=timeout)
             changes.append(f"{key}={want}")
     if changes:
-        subprocess.run([*uci, "commit", "firewall"], check=True, timeout=timeout,
-                       capture_output=True)
+        spawn.run([*uci, "commit", "firewall"], check=True, timeout=timeout)
         if reload and os.access(reload[0], os.X_OK):
-            subprocess.run(list(reload), timeout=timeout, capture_output=True)
+            spawn.run(list(reload), timeout=timeout)
     return changes

@@ -5,8 +5,8 @@
 # The whole table is rendered as text and loaded in one `nft -f -` transaction, so the
 # kernel never sees half a table. We own the table entirely and nothing else.
 import re
-import subprocess
 
+from .. import spawn
 from ..errors import BackendError
 
 _SAFE_IFNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
@@ -85,11 +85,10 @@ def render(ifname, mss_clamp=True, forwarding=True, mesh_port=None, relays=(), r
 
 def _run(script):
     try:
-        proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True,
-                              timeout=15)
+        proc = spawn.run(["nft", "-f", "-"], input=script, timeout=15)
     except FileNotFoundError:
         raise BackendError("nft not found: the data plane needs nftables (MSS clamping)") from None
-    except subprocess.TimeoutExpired:
+    except spawn.Timeout:
         raise BackendError("nft did not finish within 15 s") from None
     if proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().splitlines()

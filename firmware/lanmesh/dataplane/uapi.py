@@ -10,9 +10,9 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import time
 
+from .. import spawn
 from ..errors import BackendError, LanmeshError
 from ..keys import from_hex, to_hex
 from .endpoint import resolve
@@ -38,7 +38,7 @@ class UapiBackend:
         self.sock_path = f"{SOCK_DIR}/{ifname}.sock"
         self.hostnet = HostNet(ifname, log=log, run_dir=run_dir)
         self.set_requests = 0       # `set=1` requests sent: 0 more after an unchanged apply
-        self._proc = None           # Popen of the wireguard-go we started
+        self._proc = None           # spawn.Child: the wireguard-go we started
         self._adopted = None        # PID of one a previous lanmesh run left behind
         self._state = None          # last state asked for: re-applied after a restart
         self._endpoints = {}        # peer (hex) → endpoint we last set: what "unchanged" means
@@ -209,9 +209,8 @@ class UapiBackend:
                 # default) a session is a CPU-scheduling group, and a wireguard-go alone in
                 # one got 0.83-0.87 of the throughput of one started from a shell, at
                 # 1.15x the CPU per bit (bench/uapi_vs_hand.py --hand-setsid shows it).
-                proc = subprocess.Popen([self.program, "-f", self.ifname], env=env,
-                                        stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                        process_group=0)
+                proc = spawn.start([self.program, "-f", self.ifname], env=env, stdout=out,
+                                   stderr=out, own_group=True)
             finally:
                 os.close(out)
         except OSError as exc:

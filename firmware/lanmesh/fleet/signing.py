@@ -4,14 +4,13 @@
 # sees documents that passed through verify_envelope(). A router verifies with
 # lanmesh.ed25519 (libsodium or pure Python), never python3-cryptography, which does not
 # build for 32-bit MIPS; the controller signs with it.
-import base64
 import binascii
 import os
 
 from .. import boundjson, ed25519
 from ..atomic import write_atomic
 from ..errors import DocumentError, LanmeshError
-from ..keys import read_protected
+from ..keys import b64decode, b64encode, read_protected
 from .. import netdoc
 
 # The envelope adds the signature and a few bytes of JSON to the document.
@@ -24,7 +23,7 @@ class SignatureError(LanmeshError):
 
 def _b64_32(text, what):
     try:
-        raw = base64.b64decode(text.strip(), validate=True)
+        raw = b64decode(text.strip())
     except (binascii.Error, ValueError, AttributeError):
         raw = b""
     if len(raw) != 32:
@@ -38,7 +37,7 @@ def generate_key():
     from cryptography.hazmat.primitives import serialization as s
     seed = Ed25519PrivateKey.generate().private_bytes(s.Encoding.Raw, s.PrivateFormat.Raw,
                                                       s.NoEncryption())
-    return base64.b64encode(seed).decode()
+    return b64encode(seed)
 
 
 def _private(key_b64):
@@ -50,7 +49,7 @@ def public_key(key_b64):
     """Private seed (base64) → public key (base64 of the 32 raw bytes), as node configs hold it."""
     from cryptography.hazmat.primitives import serialization as s
     raw = _private(key_b64).public_key().public_bytes(s.Encoding.Raw, s.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
+    return b64encode(raw)
 
 
 def write_key(path, key_b64):
@@ -76,7 +75,7 @@ def read_public_key(text_or_path):
 
 def _looks_like_key(text):
     try:
-        return len(base64.b64decode(text.strip(), validate=True)) == 32
+        return len(b64decode(text.strip())) == 32
     except (binascii.Error, ValueError):
         return False
 
@@ -84,7 +83,7 @@ def _looks_like_key(text):
 def sign(doc, key_b64):
     """doc dict → envelope dict. The doc is signed as netdoc.canonical() gives it."""
     sig = _private(key_b64).sign(netdoc.canonical(doc))
-    return {"doc": doc, "sig": base64.b64encode(sig).decode()}
+    return {"doc": doc, "sig": b64encode(sig)}
 
 
 def envelope_bytes(envelope):
@@ -106,7 +105,7 @@ def open_envelope(data, pubkey_b64, limit=MAX_ENVELOPE_BYTES):
     if not isinstance(env["doc"], dict):
         raise SignatureError("envelope: doc must be a JSON object")
     try:
-        sig = base64.b64decode(env["sig"], validate=True)
+        sig = b64decode(env["sig"])
     except (binascii.Error, ValueError, TypeError):
         sig = b""
     if len(sig) != 64:

@@ -1,10 +1,10 @@
 # Kernel WireGuard over generic netlink (include/uapi/linux/wireguard.h): read a device
 # back, and set its key, port and one peer at a time.
-import base64
 import ipaddress
 import socket
 import struct
 
+from ..keys import b64decode, b64encode
 from . import codec
 from .codec import MalformedReply, NetlinkError, get_bytes, get_u
 
@@ -46,7 +46,7 @@ def family_id(sock):
 # --- reading -----------------------------------------------------------------------------
 
 def _key(payload, what):
-    return base64.b64encode(get_bytes(payload, KEY_LEN, what)).decode()
+    return b64encode(get_bytes(payload, KEY_LEN, what))
 
 
 def _sockaddr(payload):
@@ -120,7 +120,7 @@ def get_device(sock, family, ifname):
 # --- writing -----------------------------------------------------------------------------
 
 def _decode_key(text):
-    raw = base64.b64decode(text, validate=True)
+    raw = b64decode(text)
     if len(raw) != KEY_LEN:
         raise ValueError("a WireGuard key is 32 bytes")
     return raw
