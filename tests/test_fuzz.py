@@ -69,7 +69,9 @@ def test_fuzz_signed_envelope():
 def test_fuzz_fleet_reported():
     rep = json.dumps({"node": "hq", "applied_version": 3, "pending_version": None,
                       "rollback": {"version": 4, "reason": "broker"}, "links_up": [1, 2],
-                      "rejected": [{"version": 2, "reason": "old"}], "time": 1}).encode()
+                      "rejected": [{"version": 2, "reason": "old"}], "time": 1,
+                      "software": "0.1.0", "update": {"state": "rejected", "version": "0.2.0",
+                                                      "chunks": [1, 5], "reason": "truncated"}}).encode()
 
     def parse(data):
         rows = controller.status_rows(_Fd(), {"lanmesh/acme/node/hq/reported": data,
@@ -77,6 +79,32 @@ def test_fuzz_fleet_reported():
         table = controller.format_table(rows)
         assert not any(ord(c) < 32 and c != "\n" for c in table)
     fuzz.run("reported", [rep], parse, ())
+
+
+def test_fuzz_release_manifest_and_chunk_topics():
+    # the signature is checked first on a router; past it, the manifest's shape is judged by
+    # validate() and Release, which must refuse with reasons, never raise anything else
+    from lanmesh import boundjson
+    from lanmesh.fleet import topics
+    from lanmesh.release import manifest as mf
+    doc = {"kind": mf.KIND, "fleet": "acme", "version": "0.2.0-r1", "boards": ["x"],
+           "min_from": "0.1.0", "artefacts": {"ipk": {
+               "file": "lanmesh_0.2.0-r1_all.ipk", "size": 40000, "sha256": "ab" * 32,
+               "chunk_size": 32768, "chunks": ["cd" * 32, "ef" * 32]}}}
+    seed = json.dumps(doc).encode()
+
+    def parse(data):
+        d = boundjson.loads(data, mf.MAX_MANIFEST_BYTES, "manifest")
+        if not isinstance(d, dict):
+            return
+        if not mf.validate(d) and "ipk" in d["artefacts"]:
+            r = mf.Release(d, "ipk", data)
+            assert sum(r.chunk_length(i) for i in range(r.chunks)) == r.artefact["size"]
+            mf.parse_version(r.version)
+    fuzz.run("release-manifest", [seed], parse, (boundjson.JsonError,))
+    fuzz.run("release-peek", [json.dumps({"doc": doc, "sig": "x"}).encode()], mf.peek_version, ())
+    fuzz.run("chunk-topic", [b"lanmesh/acme/update/0.2.0/ipk/3"],
+             lambda d: topics.parse_chunk("lanmesh/acme/", d.decode("utf-8", "replace")), ())
 
 
 def test_fuzz_console_device_side():

@@ -10,7 +10,7 @@ import pytest
 PKG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "firmware", "lanmesh")
 CORES = ["mesh/links.py", "mesh/lsdb.py", "mesh/node.py", "mesh/paths.py", "mesh/plan.py",
          "mesh/wire.py", "fleet/sync.py", "fleet/topics.py", "console/protocol.py",
-         "console/session.py", "boundjson.py"]
+         "console/session.py", "boundjson.py", "mesh/liveness.py", "release/fetch.py"]
 FORBIDDEN_LANMESH = ("adapters", "dataplane", "daemon", "routing", "control", "cli", "lab",
                      "advert_keys", "atomic", "config", "keys")
 FORBIDDEN_STDLIB = ("os", "socket", "subprocess", "threading", "select", "selectors", "asyncio",

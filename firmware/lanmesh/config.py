@@ -24,7 +24,7 @@ DEFAULTS = {
 }
 FLEET_KEYS = ("name", "public_key", "broker", "ca_file", "username", "password_file",
               "cert_file", "key_file", "topic_prefix", "min_version", "keepalive",
-              "report_interval")
+              "report_interval", "package_format", "board")
 _PATH_KEYS = ("private_key_file", "document", "state_dir", "run_dir")
 _FLEET_PATH_KEYS = ("ca_file", "password_file", "cert_file", "key_file")
 
@@ -95,6 +95,13 @@ def parse_config(d, path=None):
                 v = fleet.get(k)
                 if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 3600):
                     p.append(f"fleet.{k}: {v!r} is not a number of seconds (2-3600)")
+            pf = fleet.get("package_format")
+            if pf is not None and pf not in ("ipk", "apk", "deb"):
+                p.append(f"fleet.package_format: {pf!r} is not ipk, apk or deb (default: the "
+                         f"package manager found)")
+            if fleet.get("board") is not None and (not isinstance(fleet["board"], str) or
+                                                   not fleet["board"]):
+                p.append(f"fleet.board: {fleet['board']!r} is not a board id")
     if p:
         raise ConfigError(f"{where}: " + "; ".join(p))
     d = dict(d)

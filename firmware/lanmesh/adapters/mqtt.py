@@ -129,6 +129,13 @@ class MqttLink:
         if self.connected:
             self._send(self._subscribe([(topic, qos)]))
 
+    def unsubscribe(self, topic):
+        """Forgotten (not renewed on reconnects) and, if connected, unsubscribed now."""
+        before = len(self._subs)
+        self._subs = [s for s in self._subs if s[0] != topic]
+        if self.connected and len(self._subs) != before:
+            self._send(codec.unsubscribe(self._packet_id(), [topic]))
+
     def publish(self, topic, payload, qos=1, retain=False):
         """Queued even while disconnected (QoS 1 is resent after a reconnect). → mid."""
         self.published += 1
@@ -252,6 +259,7 @@ class MqttLink:
                 self._say("fleet: " + self.subscribe_error)
         elif kind == "connack":
             raise codec.ProtocolError("a second CONNACK")
+        # "unsuback": nothing waits for it (a chunk arriving after it is a harmless duplicate)
 
     async def _connect(self):
         addrs = await _resolve(self.host, self.port)

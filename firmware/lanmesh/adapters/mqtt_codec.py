@@ -7,7 +7,7 @@
 import struct
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
-SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
 CONNACK_REASONS = {1: "unacceptable protocol version", 2: "client id rejected",
                    3: "broker unavailable", 4: "bad user name or password",
                    5: "not authorized (wrong password, or this node is not in the "
@@ -57,6 +57,11 @@ def subscribe(packet_id, topics):
     """topics: [(filter, qos)]."""
     body = struct.pack("!H", packet_id) + b"".join(_utf8(t) + bytes([q]) for t, q in topics)
     return _packet(SUBSCRIBE, 0x2, body)
+
+
+def unsubscribe(packet_id, topics):
+    body = struct.pack("!H", packet_id) + b"".join(_utf8(t) for t in topics)
+    return _packet(UNSUBSCRIBE, 0x2, body)
 
 
 def publish(topic, payload, qos=0, retain=False, packet_id=None, dup=False):
@@ -156,6 +161,10 @@ def _parse(kind, flags, body):
         if len(body) < 3:
             raise ProtocolError("SUBACK: malformed")
         return ("suback", _id(body, "SUBACK"), list(body[2:]))
+    if kind == UNSUBACK:
+        if len(body) != 2:
+            raise ProtocolError("UNSUBACK: malformed")
+        return ("unsuback", _id(body, "UNSUBACK"))
     if kind == PINGRESP:
         if body:
             raise ProtocolError("PINGRESP: malformed")

@@ -131,6 +131,9 @@ class FleetAgent:
         self._facts = []                # pushed from the loop (links_counted), handled in run()
         self.core = sync.NodeSync(self.fleet["name"], self._current(), settle_ms=settle_ms,
                                   floor=self._floor())
+        from .updates import Updater
+        self.updater = Updater(cfg, self.prefix, log)
+        self._reported_update = None    # the update state last published
 
     def _floor(self):
         """The persisted highest verified version, and fleet.min_version (provisioning):
@@ -189,6 +192,7 @@ class FleetAgent:
             # Our own `online` coming back proves the broker lets us write and read our
             # topics: an ACL-denied (or wrong fleet name's) session is otherwise silent.
             self.link.subscribe(topics.state(self.prefix, name))
+            self.updater.start(self.link)
             self.link.start()
         except LanmeshError as e:
             # The mesh keeps routing on what it has (DESIGN §2.3); only fleet control is off.
@@ -210,6 +214,8 @@ class FleetAgent:
             if ev is not None:
                 effects += self._on_event(ev, now)
             effects += self.core.tick(now)
+            self.updater.tick(now)
+            self._update_news(now)
             self._check_echo(now)
             await self._run_effects(effects, now)
             if ticks_diff(now, self._next_report) >= 0:
@@ -219,22 +225,32 @@ class FleetAgent:
         waits = [ticks_diff(self._next_report, now)]
         if self._echo_by is not None:
             waits.append(ticks_diff(self._echo_by, now))
-        d = self.core.next_deadline()
-        if d is not None:
-            waits.append(ticks_diff(d, now))
+        for d in (self.core.next_deadline(), self.updater.next_deadline()):
+            if d is not None:
+                waits.append(ticks_diff(d, now))
         return max(0, min(waits))
 
     def links_counted(self, up, total):
         """The mesh's links changed (called on the loop): a fact for the core, and news for
         the operator (reported soon, at most every REPORT_GAP_MS)."""
         self._facts.append(sync.LinksCounted(up, total))
-        if self._next_report is not None and (up, total) != self._reported_links:
-            soonest = ticks_ms() if self._reported_at is None else \
-                ticks_add(self._reported_at, REPORT_GAP_MS)
-            if ticks_diff(self._next_report, soonest) > 0:
-                self._next_report = soonest
+        if (up, total) != self._reported_links:
+            self._report_soon(ticks_ms())
         if self.link is not None:
             self.link.wake()
+
+    def _report_soon(self, now):
+        """News for the operator: reported at once, but at most every REPORT_GAP_MS."""
+        if self._next_report is None:
+            return
+        soonest = now if self._reported_at is None else ticks_add(self._reported_at, REPORT_GAP_MS)
+        if ticks_diff(self._next_report, soonest) > 0:
+            self._next_report = soonest
+
+    def _update_news(self, now):
+        u = self.updater.reported()
+        if (u["state"], u.get("reason")) != self._reported_update:
+            self._report_soon(now)
 
     def _check_echo(self, now):
         if self._echo_by is None or ticks_diff(now, self._echo_by) < 0:
@@ -265,6 +281,7 @@ class FleetAgent:
             self.link.publish(topics.state(self.prefix, self.cfg.name), topics.STATE_ONLINE,
                               qos=1, retain=True)
             self._echo_by = ticks_add(now, ECHO_MS)
+            self.updater.on_connected(now)
             return self.core.handle(sync.BrokerConnected(), now)
         if kind == mqtt.LOST:
             was = self.core.connected
@@ -284,6 +301,13 @@ class FleetAgent:
         topic, payload = ev[1], ev[2]
         if topic == topics.net(self.prefix):
             return self._on_document(payload, now)
+        if topic == self.updater.topic():
+            self.updater.on_manifest(bytes(payload), now)
+            return []
+        chunk = topics.parse_chunk(self.prefix, topic)
+        if chunk is not None:
+            self.updater.on_chunk(*chunk, payload, now)
+            return []
         if topic == topics.state(self.prefix, self.cfg.name):
             if payload == topics.STATE_ONLINE.encode() and not ev[3]:   # live, not retained
                 self._echo_by = None
@@ -374,6 +398,7 @@ class FleetAgent:
         r["links"] = st.get("links", [])
         r["routes"] = st.get("routes", [])
         r["links_up"] = list(self.core.links)
+        r["update"] = self.updater.reported()
         return r
 
     def _report(self, now):
@@ -381,6 +406,8 @@ class FleetAgent:
         if self.link is None:
             return
         self._reported_at, self._reported_links = now, self.core.links
+        u = self.updater.reported()
+        self._reported_update = (u["state"], u.get("reason"))
         mid = self.link.publish(topics.reported(self.prefix, self.cfg.name),
                                 json.dumps(self.reported(), separators=(",", ":")),
                                 qos=1, retain=True)

@@ -39,6 +39,27 @@ def resp(prefix, name, cid):
     return node(prefix, name) + "resp/" + cid
 
 
+def update(prefix, name):
+    """Retained: the signed release manifest the controller assigned to this node."""
+    return node(prefix, name) + "update"
+
+
+def chunk(prefix, version, fmt, index):
+    """Retained: chunk `index` of the release's `fmt` artefact."""
+    return "%supdate/%s/%s/%d" % (_p(prefix), version, fmt, index)
+
+
+def parse_chunk(prefix, topic):
+    """'<prefix>update/0.2.0/ipk/3' → ('0.2.0', 'ipk', 3); anything else → None."""
+    p = _p(prefix) + "update/"
+    if not topic.startswith(p):
+        return None
+    parts = topic[len(p):].split("/")
+    if len(parts) != 3 or not parts[2].isdigit() or len(parts[2]) > 6:
+        return None
+    return parts[0], parts[1], int(parts[2])
+
+
 def all_states(prefix):
     return _p(prefix) + "node/+/state"
 

@@ -48,10 +48,10 @@ def acl_text(prefix, node_names=(), controller=CONTROLLER_USER):
            "# The controller account may do everything under the fleet prefix; every other",
            "# account is a node whose username is its name.",
            f"user {controller}", f"topic readwrite {p}#", "topic read $SYS/#", ""]
-    # Each node reads the network document (a `pattern` without %u would do it for all, but
+    # Each node reads the network document and release chunks (a `pattern` without %u would do it for all, but
     # mosquitto warns about such a pattern on every load).
     for name in sorted(node_names):
-        out += [f"user {name}", f"topic read {p}net"]
+        out += [f"user {name}", f"topic read {p}net", f"topic read {p}update/#"]
     out += ["", "# every user: read and write only your own subtree (state, reported, cmd, resp)",
             f"pattern readwrite {p}node/%u/#"]
     return "\n".join(out) + "\n"

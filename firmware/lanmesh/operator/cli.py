@@ -106,6 +106,9 @@ def register(sub, groups):
     s.add_argument("--wait", type=float, default=0.5, help="seconds of quiet that end collection")
     s.set_defaults(func=cmd_status)
 
+    from . import release_cli
+    release_cli.register(fs, fleet_dir, broker_args)
+
     s = fs.add_parser("broker-config", help="mosquitto.conf, password file and ACL for the registry")
     fleet_dir(s)
     s.add_argument("--out", help="directory (default <dir>/broker)")

@@ -257,6 +257,8 @@ def status_rows(fd, msgs, now):
             "report_interval": every,
             "published_version": published, "broker_version": held,
             "broker_last_error": _entry_at(rep.get("broker_last_error")),
+            "software": printable(rep["software"], 32) if isinstance(rep.get("software"), str) else None,
+            "update": _update(rep.get("update")),
         })
         if "error" in rep:
             rows[-1]["error"] = rep["error"]
@@ -290,6 +292,22 @@ def _entry(v):
     if not isinstance(v, dict) or not isinstance(v.get("reason"), str):
         return None
     return {"version": _count(v.get("version")), "reason": printable(v["reason"])}
+
+
+def _update(v):
+    """A node's update state, as far as it is well formed: state, version, chunks, reason."""
+    if not isinstance(v, dict) or not isinstance(v.get("state"), str):
+        return None
+    out = {"state": printable(v["state"], 16)}
+    for k in ("version", "running", "format"):
+        if isinstance(v.get(k), str):
+            out[k] = printable(v[k], 32)
+    c = v.get("chunks")
+    if isinstance(c, list) and len(c) == 2 and all(_is_count(x) for x in c):
+        out["chunks"] = c
+    if isinstance(v.get("reason"), str):
+        out["reason"] = printable(v["reason"])
+    return out
 
 
 def _links(rep):
