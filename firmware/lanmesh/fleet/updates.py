@@ -10,11 +10,20 @@ import os
 import threading
 
 from .. import __version__
-from ..release import fetch
-from ..release.download import Download
-from ..release.manifest import ReleaseRefused, open_release, peek_version
 from ..ticks import ticks_diff
 from . import topics
+
+# lanmesh.release (manifest, fetch, download, and the Ed25519 check) is imported when the
+# first manifest arrives: an idle router that is never assigned a release does not carry it.
+_fetch = None
+
+
+def _release_modules():
+    global _fetch
+    from ..release import fetch as f, manifest
+    from ..release.download import Download
+    _fetch = f
+    return manifest, Download
 
 IDLE, DOWNLOADING, DOWNLOADED, REJECTED, STALLED = (
     "idle", "downloading", "downloaded", "rejected", "stalled")
@@ -69,14 +78,15 @@ class Updater:
         if not payload:                 # cleared by the controller: the rollout was aborted
             self.state, self.reason, self.release = IDLE, None, None
             return
+        mf, Download = _release_modules()
         try:
             if self.fmt is None:
-                raise ReleaseRefused("this router has no package manager lanmesh knows "
-                                     "(apk, opkg or dpkg)")
-            release = open_release(payload, self.cfg.fleet["public_key"], self.cfg.fleet["name"],
-                                   self.fmt, self.board(), self.running)
-        except ReleaseRefused as e:
-            return self._refuse(peek_version(payload), str(e))
+                raise mf.ReleaseRefused("this router has no package manager lanmesh knows "
+                                        "(apk, opkg or dpkg)")
+            release = mf.open_release(payload, self.cfg.fleet["public_key"],
+                                      self.cfg.fleet["name"], self.fmt, self.board(), self.running)
+        except mf.ReleaseRefused as e:
+            return self._refuse(mf.peek_version(payload), str(e))
         self.release, self.download = release, Download(release, self.dir)
         self._clean_others(release)
         if self.download.resume():
@@ -86,7 +96,7 @@ class Updater:
                       "already here)", release.version, self.fmt, release.artefact["size"], have,
                       release.chunks)
         self.state, self.reason = DOWNLOADING, None
-        self.fetch = fetch.Fetch(release.chunks, self.download.have)
+        self.fetch = _fetch.Fetch(release.chunks, self.download.have)
         self._effects(self.fetch.start(now))
 
     def on_chunk(self, version, fmt, index, payload, now):
@@ -95,7 +105,7 @@ class Updater:
             return                      # not the fetch under way (an old subscription)
         try:
             self.download.take(index, payload)
-        except ReleaseRefused as e:
+        except self.download.Refused as e:
             self._drop_fetch()
             self.download.discard()
             return self._refuse(r.version, str(e))
@@ -126,16 +136,16 @@ class Updater:
 
     def _effects(self, effects):
         for e in effects:
-            if e[0] == fetch.WANT:
+            if e[0] == _fetch.WANT:
                 self.link.subscribe(self._chunk_topic(e[1]))
-            elif e[0] == fetch.DROP:
+            elif e[0] == _fetch.DROP:
                 self.link.unsubscribe(self._chunk_topic(e[1]))
-            elif e[0] == fetch.STALLED:
+            elif e[0] == _fetch.STALLED:
                 self.fetch = None
                 self._refuse(self.release.version, f"chunk {e[1]} is not on the broker "
                              f"({self._chunk_topic(e[1])}): the release is incomplete there",
                              state=STALLED)
-            elif e[0] == fetch.COMPLETE:
+            elif e[0] == _fetch.COMPLETE:
                 self.fetch = None
                 self._finish_off_the_loop()
 
@@ -145,7 +155,7 @@ class Updater:
         def work():                     # hashing the whole artefact: ~0.1 s/MB on a router
             try:
                 self._done.append((release, download.finish(), None))
-            except (ReleaseRefused, OSError) as e:
+            except (download.Refused, OSError) as e:
                 self._done.append((release, None, str(e)))
             if self.link is not None:
                 self.link.wake()
@@ -164,7 +174,7 @@ class Updater:
 
     def _drop_fetch(self):
         if self.fetch is not None and self.link is not None:
-            self._effects([(fetch.DROP, i) for i in sorted(self.fetch.asked)])
+            self._effects([(_fetch.DROP, i) for i in sorted(self.fetch.asked)])
         self.fetch = None
 
     def _refuse(self, version, reason, state=REJECTED):
