@@ -429,3 +429,16 @@ def test_probes_share_wake_ups_yet_keep_their_rate():
         gaps = [y - x for x, y in zip(ts, ts[1:])]
         assert 250 * 0.7 <= min(gaps) and max(gaps) <= 250 * 1.1, (peer, min(gaps), max(gaps))
         assert len(ts) >= 20000 / 250, (peer, len(ts))
+
+
+def test_refreshes_that_change_nothing_cost_no_route_computation():
+    # Idle wake-ups (issue 14): an LSA refresh, ours or a neighbour's, with the same links and
+    # costs runs no SPF. With 16 sites the refreshes alone would be ~1 SPF every 2 s per node.
+    sim = MeshSim(["a", "b", "c"], node_kw={"refresh_ms": 2000, "max_age_ms": 8000})
+    sim.run_until(sim.converged, 5000)
+    sim.run(3000)                       # costs settled
+    spf0 = {n: sim.nodes[n].counters["spf_runs"] for n in sim.nodes}
+    seq0 = {n: sim.nodes[n].seq for n in sim.nodes}
+    sim.run(6500)                       # three refreshes by every node
+    assert all(sim.nodes[n].seq >= seq0[n] + 3 for n in sim.nodes), (seq0, sim.nodes)
+    assert {n: sim.nodes[n].counters["spf_runs"] for n in sim.nodes} == spf0

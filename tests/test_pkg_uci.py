@@ -16,7 +16,8 @@ FULL_NODE = {
               "username": "hq", "password_file": "/etc/lanmesh/mqtt.pass",
               "cert_file": "/etc/lanmesh/hq.crt", "key_file": "/etc/lanmesh/hq.key",
               "topic_prefix": "lanmesh/acme/", "min_version": 7, "keepalive": 60,
-              "report_interval": 20},
+              "report_interval": 20, "package_format": "ipk",
+              "board": "tplink-archer-c7-v5"},
 }
 FULL_SERVICE = {"enabled": True, "lan_interface": "lan",
                 "lan_prefix": ["198.19.1.0/24", "fd00:1:1::/64"],

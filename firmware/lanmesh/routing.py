@@ -37,6 +37,7 @@ class MeshRouting:
         self.unknown_source = 0
         self._wrong_interface_before = 0   # counted by sockets since replaced
         self.wakeups = 0               # reader and timer callbacks run (idle CPU is mostly these)
+        self.wakeups_by = {"mesh": 0, "path": 0, "timer": 0, "sample": 0}
         self._watching = None          # the reader registration of self.sock, while running
         self._timer = None             # the core's deadline timer, while running
         self._armed = None             # the deadline it is armed for
@@ -150,6 +151,7 @@ class MeshRouting:
                  for p, l in sorted(st["links"].items())]
         echo = self.echo.counts() if self.echo is not None else {}
         counters = dict(st["counters"], unknown_source=self.unknown_source, wakeups=self.wakeups,
+                        **{"wakeups_" + k: v for k, v in self.wakeups_by.items()},
                         send_errors=self.sock.send_errors if self.sock else 0,
                         wrong_interface=self._wrong_interface_before +
                         (self.sock.wrong_interface if self.sock else 0),
@@ -198,6 +200,7 @@ class MeshRouting:
     # are handled as they arrive) and one timer armed for the core's next deadline.
     def _readable(self):
         self.wakeups += 1
+        self.wakeups_by["mesh"] += 1
         try:
             for src, data in self.sock.receive():
                 peer = self.by_address.get(src)
@@ -211,6 +214,7 @@ class MeshRouting:
 
     def _path_readable(self):
         self.wakeups += 1
+        self.wakeups_by["path"] += 1
         try:
             for src, data, age in self.path.receive():
                 head = wire.peek(data)
@@ -225,6 +229,7 @@ class MeshRouting:
 
     def _due(self):
         self.wakeups += 1
+        self.wakeups_by["timer"] += 1
         armed, self._armed = self._armed, None
         try:
             now = ticks_ms()
@@ -240,6 +245,7 @@ class MeshRouting:
     def _sample(self):
         """Feed WireGuard's counters and the echo replies to the core; re-arm at its cadence."""
         self.wakeups += 1
+        self.wakeups_by["sample"] += 1
         try:
             t0 = ticks_ms()
             counters = self._counters()

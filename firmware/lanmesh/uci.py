@@ -14,7 +14,8 @@ NODE_OPTIONS = {"name": "str", "comment": "str", "interface": "str", "backend": 
 FLEET_OPTIONS = {"name": "str", "public_key": "str", "broker": "str", "ca_file": "path",
                  "username": "str", "password_file": "path", "cert_file": "path",
                  "key_file": "path", "topic_prefix": "str", "min_version": "int",
-                 "keepalive": "int", "report_interval": "int"}
+                 "keepalive": "int", "report_interval": "int", "package_format": "str",
+                 "board": "str"}
 # Not part of node.json: read by the init script, uci-defaults and the console agent.
 SERVICE_OPTIONS = {"enabled": "bool", "lan_interface": "str", "lan_prefix": "list",
                    "console_device": "str", "console_baud": "int"}

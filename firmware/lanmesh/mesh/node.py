@@ -559,9 +559,11 @@ class MeshNode:
             links[peer] = self.links[peer].cost
         lsa = wire.Lsa(self.name, self.seq, links)
         lsa.sig = self.keys.sign(wire.signed_bytes(lsa))
+        prev = self.lsdb.get(self.name)
         self.lsdb.install_own(lsa, now)
         self._refresh_at = ticks_add(now, self.refresh_ms)
-        self._dirty(now)
+        if prev is None or prev.links != links:
+            self._dirty(now)            # a refresh that changes nothing costs no SPF run
         for peer in sorted(self.adjacent):
             self._send_lsas(peer, [self.name], now, out)
 
