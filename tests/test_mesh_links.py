@@ -168,3 +168,22 @@ def test_next_deadline_is_the_next_probe_or_timeout():
     assert ticks_diff(link.next_deadline(), d) == min(nxt, link.timeout_ms())
     link.acked(seq, ticks_add(d, 10))    # with an RTT known, timeouts shrink below the interval
     assert link.timeout_ms() == 150
+
+
+def test_losses_of_an_outage_are_forgiven_when_the_far_end_saw_it():
+    # A standby rode out a cut with two misses (too few to go down): that loss is in its
+    # cost. When the far end's LSA shows it saw the link go down and up again, the loss was
+    # the outage, not the link now: the cost drops at once (else the heal waited 40 s).
+    p = Peer(rtt=2, interval=2000)
+    p.run_until(lambda: p.link.up, 20000)
+    p.run(30000)
+    base = p.link.cost
+    p.cut = True
+    p.run_until(lambda: p.link.loss_pct() > 0 and p.link.miss_run == 0 and p.pending == [], 1)
+    n0 = len(p.probes)
+    p.run_until(lambda: len(p.probes) >= n0 + 2, 10000)
+    p.cut = False
+    p.run(8000)
+    assert p.link.up and p.link.cost > base, (p.link.cost, base, p.link.loss_pct())
+    p.link.forgive_loss()
+    assert p.link.cost == base and p.link.loss_pct() == 0

@@ -31,6 +31,30 @@ def test_traffic_is_proof_of_life_and_silence_after_sending_is_not():
     assert lost_at is not None and lost_at - (T0 + 50 * BUSY_MS) <= 400
 
 
+def test_a_cut_that_halves_the_growth_is_still_looked_at_soon():
+    # A 10 ms ping both ways is ~550 B per 100 ms sample each way: busy. Cut just after a
+    # sample that came a little early: the next one shows only our own tx (under
+    # BUSY_BYTES), too soon after the last rx to be suspect. It must not fall back to the
+    # idle cadence (the cut was then seen 1.3 s late, 1 in 4 cuts in bench/failover.py).
+    w = Watch("b", T0, 0, 0)
+    rx = tx = 0
+    now = T0
+    for _ in range(20):
+        now, rx, tx = now + BUSY_MS, rx + 550, tx + 550
+        w.counters(rx, tx, now)
+    assert w.cadence_ms() == BUSY_MS
+    now, tx = now + BUSY_MS - 10, tx + 550      # a sample 10 ms early, nothing heard
+    assert not w.counters(rx, tx, now) and w.suspect_since is None and not w.busy
+    assert w.cadence_ms() == BUSY_MS
+    t_cut = now - BUSY_MS + 10
+    lost_at = None
+    while lost_at is None and now - t_cut < 2000:
+        now, tx = now + w.cadence_ms(), tx + 550
+        if w.counters(rx, tx, now):
+            lost_at = now
+    assert lost_at is not None and lost_at - t_cut <= 500, lost_at - t_cut
+
+
 def test_one_way_flow_is_cleared_by_the_echo_answer():
     w = Watch("b", T0, 0, 0)
     now, tx, rx = T0, 0, 0

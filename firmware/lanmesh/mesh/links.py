@@ -66,6 +66,16 @@ class Link:
             h >>= 1
         return lost
 
+    def forgive_loss(self):
+        """The far end saw this link go down and come back: what this end lost meanwhile was
+        the outage, not the link that is up now (as on going up). Without this, a standby
+        that rode out a cut (probed every 2 s, too few misses to go down) kept the loss in
+        its cost for a whole window (40 s) and traffic stayed on a relay after the heal."""
+        if self.up and self.history:
+            self.history = 0
+            self.probes = min(LOSS_WINDOW, self.good_run)
+            self._update_cost()
+
     def take_change(self):
         c = self.changed
         self.changed = False

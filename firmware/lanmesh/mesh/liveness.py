@@ -84,4 +84,6 @@ class Watch:
     def cadence_ms(self):
         if self.suspect_since is not None:
             return FAST_MS
-        return BUSY_MS if self.busy else IDLE_MS
+        # sent without hearing back: look again soon. A cut halves a busy link's growth (only
+        # tx grows), which can fall under BUSY_BYTES: at the idle cadence that cut took 1.3 s.
+        return BUSY_MS if self.busy or self.sent_unheard else IDLE_MS

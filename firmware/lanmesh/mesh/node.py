@@ -456,6 +456,10 @@ class MeshNode:
             if verdict == NEWER:
                 old = self.lsdb.get(lsa.origin)
                 self.lsdb.store(lsa, now)
+                link = self.links.get(lsa.origin)
+                if link is not None and old is not None and self.name in lsa.links and \
+                        self.name not in old.links:
+                    link.forgive_loss()     # it saw our link down and up again
                 if old is None or old.links != lsa.links:
                     self._dirty(now)        # a refresh that changes nothing costs no SPF run
                 for n in self.adjacent:
