@@ -44,7 +44,7 @@ def test_a_cut_that_halves_the_growth_is_still_looked_at_soon():
         w.counters(rx, tx, now)
     assert w.cadence_ms() == BUSY_MS
     now, tx = now + BUSY_MS - 10, tx + 550      # a sample 10 ms early, nothing heard
-    assert not w.counters(rx, tx, now) and w.suspect_since is None and not w.busy
+    assert not w.counters(rx, tx, now) and w.suspect_since is None
     assert w.cadence_ms() == BUSY_MS
     t_cut = now - BUSY_MS + 10
     lost_at = None
@@ -53,6 +53,37 @@ def test_a_cut_that_halves_the_growth_is_still_looked_at_soon():
         if w.counters(rx, tx, now):
             lost_at = now
     assert lost_at is not None and lost_at - t_cut <= 500, lost_at - t_cut
+    # an idle link that sent without hearing back is looked at again soon, busy or not
+    quiet = Watch("c", T0, 0, 0)
+    assert not quiet.counters(0, 300, T0 + 50) and not quiet.busy
+    assert quiet.cadence_ms() == BUSY_MS
+
+
+def test_the_sample_that_straddles_a_cut_keeps_the_busy_cadence():
+    # Seen in bench/failover.py: ~768 B per 100 ms each way, the cut lands mid-sample, that
+    # sample shows rx until the cut and tx all along: 1,024 B, not "busy" by the bytes. It
+    # must keep the busy cadence (it was sampled 1 s later: 1.3 s outages).
+    w = Watch("b", T0, 0, 0)
+    rx = tx = 0
+    now = T0
+    for _ in range(20):
+        now, rx, tx = now + BUSY_MS, rx + 768, tx + 768
+        w.counters(rx, tx, now)
+    now, rx, tx = now + BUSY_MS, rx + 256, tx + 768      # the straddling sample
+    assert not w.counters(rx, tx, now) and w.cadence_ms() == BUSY_MS
+    t_cut = now - 70
+    lost_at = None
+    while lost_at is None and now - t_cut < 2000:
+        now, tx = now + w.cadence_ms(), tx + 768
+        if w.counters(rx, tx, now):
+            lost_at = now
+    assert lost_at is not None and lost_at - t_cut <= 500, lost_at - t_cut
+    # once the flow is over, the idle cadence comes back within a second
+    w2 = Watch("c", T0, 0, 0)
+    w2.counters(5000, 5000, T0 + BUSY_MS)
+    assert w2.cadence_ms() == BUSY_MS
+    w2.counters(5000, 5000, T0 + 1200)
+    assert w2.cadence_ms() == IDLE_MS
 
 
 def test_one_way_flow_is_cleared_by_the_echo_answer():
