@@ -24,7 +24,9 @@ def test_sixteen_sites_idle_within_budget_all_pairs_reachable_and_fail_over(make
         bad = lab.unreachable_pairs()
     assert not bad, bad
     time.sleep(3)                           # the pings' echo/handshake traffic is over
-    w = window(lab, 31, counters)       # a whole LSA refresh period (30 s) is in it
+    # half an LSA refresh period (60 s): the origins' refreshes are spread over it, so the
+    # window sees its share of them
+    w = window(lab, 31, counters)
     peers = N - 1
     for name, m in sorted(w.items()):
         assert m["pkts_s"] / peers <= 1.0, (name, m)

@@ -201,6 +201,8 @@ class MeshNode:
         else:
             raise TypeError("unknown fact %r" % (fact,))
         self._settle_links(now, out)
+        if self._dirty_at is not None and ticks_diff(now, self._dirty_at) >= 0:
+            self._compute(out)
         return self._count(out)
 
     def tick(self, now):
@@ -461,7 +463,9 @@ class MeshNode:
                         self.name not in old.links:
                     link.forgive_loss()     # it saw our link down and up again
                 if old is None or old.links != lsa.links:
-                    self._dirty(now)        # a refresh that changes nothing costs no SPF run
+                    # a refresh that changes nothing costs no SPF run; one that does is
+                    # computed in this wake-up (no timer of its own), unless a batch is due
+                    self._dirty(now, 0)
                 for n in self.adjacent:
                     # the origin already sent it to every neighbour it lists
                     if n == peer or n == lsa.origin or (peer == lsa.origin and n in lsa.links):
@@ -583,9 +587,9 @@ class MeshNode:
                     budget[0] -= len(data)
                 out.append(SendMessage(peer, data))
 
-    def _dirty(self, now):
+    def _dirty(self, now, delay_ms=SPF_DELAY_MS):
         if self._dirty_at is None:
-            self._dirty_at = ticks_add(now, SPF_DELAY_MS)
+            self._dirty_at = ticks_add(now, delay_ms)
 
     def _compute(self, out):
         self._dirty_at = None
