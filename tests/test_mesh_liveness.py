@@ -31,28 +31,40 @@ def test_traffic_is_proof_of_life_and_silence_after_sending_is_not():
     assert lost_at is not None and lost_at - (T0 + 50 * BUSY_MS) <= 400
 
 
+def _flowing(w, per_sample, samples=20):
+    """A flow both ways at per_sample bytes per BUSY_MS sample. → (now, rx, tx)."""
+    rx = tx = 0
+    now = T0
+    for _ in range(samples):
+        now, rx, tx = now + BUSY_MS, rx + per_sample, tx + per_sample
+        w.counters(rx, tx, now)
+    return now, rx, tx
+
+
+def _lost_after(w, now, rx, tx, per_sample, limit_ms=2000):
+    """Only tx grows from now on, sampled at the watch's own cadence: when it says lost."""
+    start = now
+    while now - start < limit_ms:
+        now, tx = now + w.cadence_ms(), tx + per_sample
+        if w.counters(rx, tx, now):
+            return now
+    return None
+
+
 def test_a_cut_that_halves_the_growth_is_still_looked_at_soon():
     # A 10 ms ping both ways is ~550 B per 100 ms sample each way: busy. Cut just after a
     # sample that came a little early: the next one shows only our own tx (under
     # BUSY_BYTES), too soon after the last rx to be suspect. It must not fall back to the
     # idle cadence (the cut was then seen 1.3 s late, 1 in 4 cuts in bench/failover.py).
     w = Watch("b", T0, 0, 0)
-    rx = tx = 0
-    now = T0
-    for _ in range(20):
-        now, rx, tx = now + BUSY_MS, rx + 550, tx + 550
-        w.counters(rx, tx, now)
+    now, rx, tx = _flowing(w, 550)
     assert w.cadence_ms() == BUSY_MS
     now, tx = now + BUSY_MS - 10, tx + 550      # a sample 10 ms early, nothing heard
     assert not w.counters(rx, tx, now) and w.suspect_since is None
     assert w.cadence_ms() == BUSY_MS
     t_cut = now - BUSY_MS + 10
-    lost_at = None
-    while lost_at is None and now - t_cut < 2000:
-        now, tx = now + w.cadence_ms(), tx + 550
-        if w.counters(rx, tx, now):
-            lost_at = now
-    assert lost_at is not None and lost_at - t_cut <= 500, lost_at - t_cut
+    lost_at = _lost_after(w, now, rx, tx, 550)
+    assert lost_at is not None and lost_at - t_cut <= 500, lost_at
     # an idle link that sent without hearing back is looked at again soon, busy or not
     quiet = Watch("c", T0, 0, 0)
     assert not quiet.counters(0, 300, T0 + 50) and not quiet.busy
@@ -64,20 +76,12 @@ def test_the_sample_that_straddles_a_cut_keeps_the_busy_cadence():
     # sample shows rx until the cut and tx all along: 1,024 B, not "busy" by the bytes. It
     # must keep the busy cadence (it was sampled 1 s later: 1.3 s outages).
     w = Watch("b", T0, 0, 0)
-    rx = tx = 0
-    now = T0
-    for _ in range(20):
-        now, rx, tx = now + BUSY_MS, rx + 768, tx + 768
-        w.counters(rx, tx, now)
+    now, rx, tx = _flowing(w, 768)
     now, rx, tx = now + BUSY_MS, rx + 256, tx + 768      # the straddling sample
     assert not w.counters(rx, tx, now) and w.cadence_ms() == BUSY_MS
     t_cut = now - 70
-    lost_at = None
-    while lost_at is None and now - t_cut < 2000:
-        now, tx = now + w.cadence_ms(), tx + 768
-        if w.counters(rx, tx, now):
-            lost_at = now
-    assert lost_at is not None and lost_at - t_cut <= 500, lost_at - t_cut
+    lost_at = _lost_after(w, now, rx, tx, 768)
+    assert lost_at is not None and lost_at - t_cut <= 500, lost_at
     # once the flow is over, the idle cadence comes back within a second
     w2 = Watch("c", T0, 0, 0)
     w2.counters(5000, 5000, T0 + BUSY_MS)

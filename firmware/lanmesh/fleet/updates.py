@@ -54,6 +54,7 @@ class Updater:
         self.state, self.reason, self.path = IDLE, None, None
         self._digest = None             # the manifest bytes being worked on
         self._refused_version = None
+        self._mf = None                 # lanmesh.release.manifest, once a manifest arrived
         self._done = []                 # finish() results from the hashing thread
 
     def board(self):
@@ -79,6 +80,7 @@ class Updater:
             self.state, self.reason, self.release = IDLE, None, None
             return
         mf, Download = _release_modules()
+        self._mf = mf
         try:
             if self.fmt is None:
                 raise mf.ReleaseRefused("this router has no package manager lanmesh knows "
@@ -105,7 +107,7 @@ class Updater:
             return                      # not the fetch under way (an old subscription)
         try:
             self.download.take(index, payload)
-        except self.download.Refused as e:
+        except self._mf.ReleaseRefused as e:
             self._drop_fetch()
             self.download.discard()
             return self._refuse(r.version, str(e))
@@ -155,7 +157,7 @@ class Updater:
         def work():                     # hashing the whole artefact: ~0.1 s/MB on a router
             try:
                 self._done.append((release, download.finish(), None))
-            except (download.Refused, OSError) as e:
+            except (self._mf.ReleaseRefused, OSError) as e:
                 self._done.append((release, None, str(e)))
             if self.link is not None:
                 self.link.wake()

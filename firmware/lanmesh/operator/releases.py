@@ -103,10 +103,13 @@ class Releases:
         with self.db:
             self.db.executescript(_SCHEMA)
 
+    def check_new(self, version):
+        if self.get(version) is not None:
+            raise ReleaseError(f"release {version} exists already (versions only move forward)")
+
     def add(self, envelope, files):
         doc = json.loads(envelope)["doc"]
-        if self.get(doc["version"]) is not None:
-            raise ReleaseError(f"release {doc['version']} exists already (versions only move forward)")
+        self.check_new(doc["version"])
         with self.db:
             self.db.execute("INSERT INTO releases VALUES (?, ?, ?, ?)",
                             (doc["version"], envelope,
@@ -131,8 +134,7 @@ def add_release(fd, files, session, version=None, boards=(), min_from=None,
     doc, by_fmt = build_manifest(fd.registry.fleet, files, version, boards, min_from, chunk_size)
     envelope = signing.envelope_bytes(signing.sign(doc, signing.read_key(fd.key_path)))
     rel = Releases(fd.registry)
-    if rel.get(doc["version"]) is not None:
-        raise ReleaseError(f"release {doc['version']} exists already (versions only move forward)")
+    rel.check_new(doc["version"])          # before publishing anything
     publish_chunks(session, fd.prefix(), doc, by_fmt)
     rel.add(envelope, by_fmt)
     return doc

@@ -29,7 +29,6 @@ def file_sha256(path, block=64 * 1024):
 
 class Download:
     """The artefact of `release` (a manifest.Release) into `directory`."""
-    Refused = ReleaseRefused
 
     def __init__(self, release, directory):
         self.release = release
