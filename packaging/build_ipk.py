@@ -33,11 +33,16 @@ def control_text(feed, installed_size, epoch):
     return "".join(f"{k}: {v}\n" for k, v in fields)
 
 
-def build(out_dir, release="24.10", epoch=None, pkg_release=None):
+def build(out_dir, release="24.10", epoch=None, pkg_release=None, version=None, edit=None):
+    """version: another version than this tree's; edit(tree): change files first (tests
+    build broken releases of the same code)."""
     epoch = source_date_epoch(REPO) if epoch is None else epoch
     feed = read_feed(os.path.join(FEED, "Makefile"))
     feed["release"] = pkg_release or feed["release"]
-    tree = router_tree(RELEASES[release])
+    feed["version"] = version or feed["version"]
+    tree = router_tree(RELEASES[release], version=version)
+    if edit is not None:
+        edit(tree)
     files = tree.files()
     missing = [c for c in feed["conffiles"] if c.strip("/") not in tree.entries]
     if missing:

@@ -66,8 +66,9 @@ def compile_in_place(tree, lib=LIB):
                 tree.add_file(path + "c", f.read(), 0o644)
 
 
-def router_tree(python_version, cache=None):
-    """The installed files of the router package (a Tree)."""
+def router_tree(python_version, cache=None, version=None):
+    """The installed files of the router package (a Tree). version: another version than
+    this tree's (tests build the next release of the same code)."""
     tree = Tree()
     tree.add_source_tree(os.path.join(REPO, "firmware", "lanmesh"), f"{LIB}/lanmesh",
                          skip_dirs=("__pycache__",) + HOST_ONLY)
@@ -78,6 +79,12 @@ def router_tree(python_version, cache=None):
                 tree.add_file(f"{LIB}/lanmesh/boards/{n}", f.read())
     for w in wheels.fetch(VENDOR, cache or wheels.default_cache(REPO)):
         wheels.add_wheel(tree, w, f"{LIB}/vendor", keep=_keep_vendor)
+    if version is not None:
+        init = f"{LIB}/lanmesh/__init__.py"
+        mode, data = tree.entries[init]
+        old = data.split(b'__version__ = "', 1)[1].split(b'"', 1)[0]
+        tree.entries[init] = (mode, data.replace(b'__version__ = "' + old, b'__version__ = "'
+                                                 + version.encode(), 1))
     if python_version == "%d.%d" % sys.version_info[:2]:
         compile_in_place(tree)
     for src, dest, mode in FILES:

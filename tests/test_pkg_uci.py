@@ -17,7 +17,9 @@ FULL_NODE = {
               "cert_file": "/etc/lanmesh/hq.crt", "key_file": "/etc/lanmesh/hq.key",
               "topic_prefix": "lanmesh/acme/", "min_version": 7, "keepalive": 60,
               "report_interval": 20, "package_format": "ipk",
-              "board": "tplink-archer-c7-v5"},
+              "board": "tplink-archer-c7-v5", "package_manager": "opkg",
+              "package_root": "/", "restart_command": "/etc/init.d/lanmesh restart",
+              "confirm_window": 120},
 }
 FULL_SERVICE = {"enabled": True, "lan_interface": "lan",
                 "lan_prefix": ["198.19.1.0/24", "fd00:1:1::/64"],

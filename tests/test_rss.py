@@ -70,6 +70,20 @@ def _status_kb(pid, field):
     return 0
 
 
+def _anon_maps(pid, floor_kb=64):
+    """The mappings holding anonymous memory, largest first: what to look at when the
+    production configuration goes over its budget (heap, pymalloc arenas, thread arenas)."""
+    out, cur = [], None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and not line.startswith(("Anon", "Rss")):
+                cur = " ".join(head[5:]) or head[0]
+            elif line.startswith("Anonymous:") and int(head[1]) >= floor_kb:
+                out.append((int(head[1]), cur))
+    return sorted(out, reverse=True)
+
+
 def bytecode_copy(directory):
     """The package byte-compiled, as routers run it (OpenWrt ships .pyc): compiling from
     source at start-up, as the test bed otherwise does, costs ~1.3 MB more RSS."""
@@ -199,7 +213,12 @@ def test_production_configuration_fits_verifies_and_reroutes(make_lab, tmp_path)
             assert st["fleet_state"]["connected"], st["fleet_state"]
             assert st["process"]["heavy"] == [], st["process"]
             rss = st["process"]["rss_kb"] / 1024
-            assert rss <= RSS_LIMIT_MB, f"{s.name}: {rss:.1f} MB > {RSS_LIMIT_MB} MB"
+            pid = st["process"]["pid"]
+            parts = {f: _status_kb(pid, f) / 1024 for f in ("RssAnon", "RssFile")}
+            print(f"{s.name}: VmRSS {rss:.1f} MB, anon {parts['RssAnon']:.1f}, "
+                  f"file {parts['RssFile']:.1f}, {st['process']['modules']} modules")
+            assert rss <= RSS_LIMIT_MB, (f"{s.name}: {rss:.1f} MB > {RSS_LIMIT_MB} MB ({parts}; "
+                                         f"anonymous memory by mapping: {_anon_maps(pid)})")
         a, c = lab.sites[0], lab.sites[2]
         assert lab.wait_ping(a, c, timeout=10 * slow)
         lab.cut(a, c)

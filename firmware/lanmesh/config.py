@@ -24,7 +24,8 @@ DEFAULTS = {
 }
 FLEET_KEYS = ("name", "public_key", "broker", "ca_file", "username", "password_file",
               "cert_file", "key_file", "topic_prefix", "min_version", "keepalive",
-              "report_interval", "package_format", "board")
+              "report_interval", "package_format", "board", "package_manager",
+              "package_root", "restart_command", "confirm_window")
 _PATH_KEYS = ("private_key_file", "document", "state_dir", "run_dir")
 _FLEET_PATH_KEYS = ("ca_file", "password_file", "cert_file", "key_file")
 
@@ -102,6 +103,14 @@ def parse_config(d, path=None):
             if fleet.get("board") is not None and (not isinstance(fleet["board"], str) or
                                                    not fleet["board"]):
                 p.append(f"fleet.board: {fleet['board']!r} is not a board id")
+            for k in ("package_manager", "package_root", "restart_command"):
+                v = fleet.get(k)
+                if v is not None and (not isinstance(v, str) or not v or "'" in v or "\n" in v):
+                    p.append(f"fleet.{k}: {v!r} is not a command or path (no quotes, one line)")
+            cw = fleet.get("confirm_window")
+            if cw is not None and (not isinstance(cw, int) or isinstance(cw, bool) or
+                                   not 10 <= cw <= 3600):
+                p.append(f"fleet.confirm_window: {cw!r} is not a number of seconds (10-3600)")
     if p:
         raise ConfigError(f"{where}: " + "; ".join(p))
     d = dict(d)

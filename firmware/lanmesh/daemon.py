@@ -612,4 +612,5 @@ def _process():
 # Libraries a router daemon should not need, each several MB of RSS: status names any
 # that got loaded (tests/test_rss.py checks the production configuration has none).
 HEAVY_MODULES = {"asyncio", "ssl", "pyroute2", "paho", "cryptography", "urllib", "email",
-                 "subprocess", "base64"}     # these two: ~0.4 MB together (spawn, keys.b64*)
+                 "subprocess", "base64",     # these two: ~0.4 MB together (spawn, keys.b64*)
+                 "ipaddress"}                # lanmesh.inet does the daemon's part of it

@@ -1,7 +1,6 @@
 # Network document + this node's identity (+ the mesh's routing plan) → the LinkState the
 # backend reconciles to. Pure: same inputs, same LinkState, so re-applying is a no-op.
-import ipaddress
-
+from . import inet
 from .dataplane.linkstate import LinkState, PeerState
 from .dataplane.uapi_proto import format_endpoint, split_endpoint
 from .mesh.plan import make_plan, node_facts
@@ -30,7 +29,7 @@ def endpoint_ip(node):
     """The IP of a node's first endpoint when it is written as an address, else None."""
     host = endpoint_host(node)
     try:
-        return str(ipaddress.ip_address(host)) if host else None
+        return str(inet.ip_address(host)) if host else None
     except ValueError:
         return None                 # a name: the daemon looks it up
 

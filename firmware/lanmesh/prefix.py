@@ -1,7 +1,8 @@
 # IP prefixes for the network document and config: parse, normalise, overlap, containment.
-# CPython side only (uses ipaddress); the MicroPython cores receive plain strings.
-import ipaddress
+# CPython side only (lanmesh.inet); the MicroPython cores receive plain strings.
 import re
+
+from . import inet
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
@@ -13,7 +14,7 @@ def parse_prefix(text, host=False):
     if "/" not in text:
         raise ValueError("is not an IP prefix (missing /len)")
     try:
-        net = ipaddress.ip_network(text, strict=True)
+        net = inet.ip_network(text, strict=True)
     except ValueError as e:
         if "host bits set" in str(e):
             raise ValueError("has host bits set") from None
@@ -48,7 +49,7 @@ def valid_host(host):
     """An IP address literal or a DNS name (RFC 1123 labels): nothing a line-based protocol
     (UAPI) or a resolver could be confused by."""
     try:
-        ipaddress.ip_address(host)
+        inet.ip_address(host)
         return True
     except ValueError:
         pass

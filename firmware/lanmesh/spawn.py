@@ -66,15 +66,16 @@ class Child:
         return self.returncode
 
 
-def start(argv, env=None, stdout=None, stderr=None, own_group=False):
+def start(argv, env=None, stdout=None, stderr=None, own_group=False, new_session=False):
     """Starts argv (searched on PATH) with stdin from /dev/null and stdout/stderr on the
-    given descriptors (else the daemon's); OSError (FileNotFoundError…) if it cannot."""
+    given descriptors (else the daemon's); OSError (FileNotFoundError…) if it cannot.
+    new_session: a process that outlives the daemon and its service's restart (setsid)."""
     null = os.open(os.devnull, os.O_RDONLY)
     try:
         actions = [(os.POSIX_SPAWN_DUP2, null, 0)]
         actions += [(os.POSIX_SPAWN_DUP2, fd, n) for fd, n in ((stdout, 1), (stderr, 2))
                     if fd is not None]
-        kw = {"setpgroup": 0} if own_group else {}
+        kw = {"setsid": True} if new_session else {"setpgroup": 0} if own_group else {}
         return Child(os.posix_spawnp(argv[0], list(argv), os.environ if env is None else env,
                                      file_actions=_closing(actions), **kw))
     finally:

@@ -15,7 +15,8 @@ FLEET_OPTIONS = {"name": "str", "public_key": "str", "broker": "str", "ca_file":
                  "username": "str", "password_file": "path", "cert_file": "path",
                  "key_file": "path", "topic_prefix": "str", "min_version": "int",
                  "keepalive": "int", "report_interval": "int", "package_format": "str",
-                 "board": "str"}
+                 "board": "str", "package_manager": "str", "package_root": "str",
+                 "restart_command": "str", "confirm_window": "int"}
 # Not part of node.json: read by the init script, uci-defaults and the console agent.
 SERVICE_OPTIONS = {"enabled": "bool", "lan_interface": "str", "lan_prefix": "list",
                    "console_device": "str", "console_baud": "int"}

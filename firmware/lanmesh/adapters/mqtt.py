@@ -7,12 +7,12 @@
 # Packets are parsed by mqtt_codec, bounded before anything is buffered.
 import collections
 import errno
-import ipaddress
 import os
 import socket
 import threading
 import time
 
+from .. import inet
 from . import dns, mqtt_codec as codec
 
 from .. import aio
@@ -390,7 +390,7 @@ async def _resolve(host, port):
     """getaddrinfo off the loop (a slow resolver must not stall the mesh); an address
     needs no lookup and no thread."""
     try:
-        ip = ipaddress.ip_address(host)
+        ip = inet.ip_address(host)
         return [(socket.AF_INET if ip.version == 4 else socket.AF_INET6,
                  (host, port) if ip.version == 4 else (host, port, 0, 0))]
     except ValueError:

@@ -1,8 +1,8 @@
 # Peer endpoints as the backends hand them to WireGuard: names are resolved on every apply,
 # so dynamic-DNS sites are followed without a watchdog script.
-import ipaddress
 import socket
 
+from .. import inet
 from ..adapters import dns
 from .uapi_proto import format_endpoint, split_endpoint
 
@@ -12,7 +12,7 @@ def resolve(endpoint, log, ifname):
     [] so the caller leaves the peer's current endpoint alone."""
     host, port = split_endpoint(endpoint)
     try:
-        return [format_endpoint(ipaddress.ip_address(host), port)]
+        return [format_endpoint(inet.ip_address(host), port)]
     except ValueError:
         pass
     try:

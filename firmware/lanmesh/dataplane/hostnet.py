@@ -9,11 +9,11 @@
 # The netlink part (lanmesh.netlink, in-process, a few ms) is skipped when neither what we
 # want (MTU, addresses, routes) nor the device (ifindex) changed since the last clean run,
 # so mesh failovers (which change only allowed IPs) never touch it.
-import ipaddress
 import json
 import os
 import socket
 
+from .. import inet
 from ..errors import BackendError
 from ..netlink import rtnl
 from ..netlink.codec import MalformedReply, NetlinkError
@@ -33,14 +33,14 @@ FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forw
 
 def _iface(text):
     try:
-        return str(ipaddress.ip_interface(text))
+        return str(inet.ip_interface(text))
     except ValueError:
         raise BackendError(f"address {text!r} is not an IP address with a prefix length") from None
 
 
 def _net(text):
     try:
-        return str(ipaddress.ip_network(text, strict=False))
+        return str(inet.ip_network(text, strict=False))
     except ValueError:
         raise BackendError(f"route {text!r} is not an IP prefix") from None
 

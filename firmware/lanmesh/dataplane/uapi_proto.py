@@ -9,9 +9,9 @@
 #               "keepalive": int, "last_handshake": float, "rx_bytes": int, "tx_bytes": int}
 # In a desired peer, endpoint None means "leave it alone" (the peer dials us, or its
 # name did not resolve this time).
-import ipaddress
 import os
 
+from .. import inet
 from ..errors import BackendError
 
 _DEVICE_INT = {"listen_port", "fwmark"}
@@ -152,7 +152,7 @@ def _hexkey(key, value):
 def norm_prefix(text):
     """'100.64.0.5/24' → '100.64.0.0/24', as WireGuard stores it (host bits masked)."""
     try:
-        return str(ipaddress.ip_network(text.strip(), strict=False))
+        return str(inet.ip_network(text.strip(), strict=False))
     except ValueError:
         raise BackendError(f"{text!r} is not an IP prefix") from None
 
@@ -172,7 +172,7 @@ def split_endpoint(text):
 
 
 def format_endpoint(ip, port):
-    ip = ipaddress.ip_address(ip)
+    ip = inet.ip_address(ip)
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
@@ -182,7 +182,7 @@ def endpoint_key(text):
         return None
     try:
         host, port = split_endpoint(text)
-        return ipaddress.ip_address(host), port
+        return inet.ip_address(host), port
     except (BackendError, ValueError):
         return text
 

@@ -132,7 +132,7 @@ class FleetAgent:
         self.core = sync.NodeSync(self.fleet["name"], self._current(), settle_ms=settle_ms,
                                   floor=self._floor())
         from .updates import Updater
-        self.updater = Updater(cfg, self.prefix, log)
+        self.updater = Updater(cfg, self.prefix, log, links_up=node.links_up)
         self._reported_update = None    # the update state last published
 
     def _floor(self):
@@ -303,6 +303,9 @@ class FleetAgent:
             return self._on_document(payload, now)
         if topic == self.updater.topic():
             self.updater.on_manifest(bytes(payload), now)
+            return []
+        if topic == self.updater.rollback_topic():
+            self.updater.on_rollback_manifest(bytes(payload), now)
             return []
         chunk = topics.parse_chunk(self.prefix, topic)
         if chunk is not None:

@@ -44,6 +44,12 @@ def update(prefix, name):
     return node(prefix, name) + "update"
 
 
+def release(prefix, version):
+    """Retained: release `version`'s signed manifest (a router fetches its running version's
+    package from it, to roll back to)."""
+    return "%supdate/%s/manifest" % (_p(prefix), version)
+
+
 def chunk(prefix, version, fmt, index):
     """Retained: chunk `index` of the release's `fmt` artefact."""
     return "%supdate/%s/%s/%d" % (_p(prefix), version, fmt, index)

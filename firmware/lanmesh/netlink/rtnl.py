@@ -1,9 +1,9 @@
 # rtnetlink: the links, addresses and routes HostNet and the kernel backend manage.
 # Each function takes an open codec.Socket(NETLINK_ROUTE) and blocks for a few ms.
-import ipaddress
 import socket
 import struct
 
+from .. import inet
 from . import codec
 from .codec import MalformedReply, NetlinkError, get_string, get_u
 
@@ -37,11 +37,11 @@ def _body(s, data, what):
 def _ip(family, payload, what):
     if family not in ADDR_LEN or len(payload) != ADDR_LEN[family]:
         raise MalformedReply(f"{what}: {len(payload)}-byte address for family {family}")
-    return str(ipaddress.ip_address(bytes(payload)))
+    return str(inet.ip_address(bytes(payload)))
 
 
 def _pack_ip(text):
-    ip = ipaddress.ip_address(text)
+    ip = inet.ip_address(text)
     return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), ip.packed
 
 
@@ -109,7 +109,7 @@ def addrs(sock, index):
         raw = a.get(IFA_LOCAL, a.get(IFA_ADDRESS))
         if raw is None:
             continue
-        out.append(str(ipaddress.ip_interface(f"{_ip(family, raw, 'address')}/{plen}")))
+        out.append(str(inet.ip_interface(f"{_ip(family, raw, 'address')}/{plen}")))
     return out
 
 
@@ -144,7 +144,7 @@ def routes(sock, family):
 
 
 def route(sock, cmd, dst, oif, table, proto, scope):
-    net = ipaddress.ip_network(dst, strict=False)
+    net = inet.ip_network(dst, strict=False)
     family = socket.AF_INET if net.version == 4 else socket.AF_INET6
     kind, flags, rtype = {"add": (RTM_NEWROUTE, codec.F_CREATE | codec.F_EXCL, RTN_UNICAST),
                           "del": (RTM_DELROUTE, 0, 0)}[cmd]

@@ -1,9 +1,9 @@
 # Kernel WireGuard over generic netlink (include/uapi/linux/wireguard.h): read a device
 # back, and set its key, port and one peer at a time.
-import ipaddress
 import socket
 import struct
 
+from .. import inet
 from ..keys import b64decode, b64encode
 from . import codec
 from .codec import MalformedReply, NetlinkError, get_bytes, get_u
@@ -55,9 +55,9 @@ def _sockaddr(payload):
         raise MalformedReply("endpoint: truncated")
     family = struct.unpack_from("=H", payload)[0]
     if family == socket.AF_INET and len(payload) == 16:
-        return str(ipaddress.IPv4Address(bytes(payload[4:8]))), struct.unpack_from("!H", payload, 2)[0]
+        return str(inet.ip_address(bytes(payload[4:8]))), struct.unpack_from("!H", payload, 2)[0]
     if family == socket.AF_INET6 and len(payload) == 28:
-        return str(ipaddress.IPv6Address(bytes(payload[8:24]))), struct.unpack_from("!H", payload, 2)[0]
+        return str(inet.ip_address(bytes(payload[8:24]))), struct.unpack_from("!H", payload, 2)[0]
     if family == 0:
         return None, 0
     raise MalformedReply(f"endpoint: family {family}, {len(payload)} bytes")
@@ -69,11 +69,11 @@ def _allowed_ip(payload):
     size = {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family)
     if size is None:
         raise MalformedReply(f"allowed IP: family {family}")
-    ip = ipaddress.ip_address(get_bytes(a.get(AIP_IPADDR, b""), size, "allowed IP"))
+    ip = inet.ip_address(get_bytes(a.get(AIP_IPADDR, b""), size, "allowed IP"))
     cidr = get_u(a.get(AIP_CIDR, b""), 1, "allowed IP mask")
     if cidr > size * 8:
         raise MalformedReply(f"allowed IP: /{cidr}")
-    return str(ipaddress.ip_network(f"{ip}/{cidr}", strict=False))
+    return str(inet.ip_network(f"{ip}/{cidr}", strict=False))
 
 
 def _peer(payload):
@@ -127,14 +127,14 @@ def _decode_key(text):
 
 
 def _encode_endpoint(host, port):
-    ip = ipaddress.ip_address(host)
+    ip = inet.ip_address(host)
     if ip.version == 4:
         return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + ip.packed + b"\0" * 8
     return struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0) + ip.packed + b"\0" * 4
 
 
 def _encode_allowed_ip(prefix):
-    net = ipaddress.ip_network(prefix, strict=False)
+    net = inet.ip_network(prefix, strict=False)
     family = socket.AF_INET if net.version == 4 else socket.AF_INET6
     return codec.nested(0, codec.u16(AIP_FAMILY, family),
                         codec.attr(AIP_IPADDR, net.network_address.packed),

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import time
 
-from .. import netdoc
+from .. import inet, netdoc
 from ..errors import LanmeshError
 from ..keys import is_key
 
@@ -186,7 +186,7 @@ class Registry:
         ips = []
         for what, host in outside:
             try:
-                ips.append((what, ipaddress.ip_address(host.strip("[]"))))
+                ips.append((what, inet.ip_address(host.strip("[]"))))
             except ValueError:
                 pass                        # a name: resolved by the routers, not here
         out = []

@@ -136,6 +136,7 @@ def add_release(fd, files, session, version=None, boards=(), min_from=None,
     rel = Releases(fd.registry)
     rel.check_new(doc["version"])          # before publishing anything
     publish_chunks(session, fd.prefix(), doc, by_fmt)
+    session.publish(topics.release(fd.prefix(), doc["version"]), envelope, retain=True)
     rel.add(envelope, by_fmt)
     return doc
 

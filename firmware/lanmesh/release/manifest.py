@@ -113,9 +113,10 @@ class Release:
         return len(self.artefact["chunks"])
 
 
-def open_release(data, pubkey, fleet, fmt, board, running):
+def open_release(data, pubkey, fleet, fmt, board, running, exact=False):
     """Signed manifest bytes → Release for this router (fleet name, package format, board
-    id, running version); ReleaseRefused(reason) otherwise."""
+    id, running version); ReleaseRefused(reason) otherwise. exact: the running version's
+    own release (the package a rollback reinstalls), not a newer one."""
     try:
         doc = signing.open_envelope(data, pubkey, MAX_MANIFEST_BYTES)
     except signing.SignatureError as e:
@@ -126,9 +127,12 @@ def open_release(data, pubkey, fleet, fmt, board, running):
     v = doc["version"]
     if doc["fleet"] != fleet:
         raise ReleaseRefused(f"release {v} is for fleet {doc['fleet']!r}, this router is in {fleet!r}")
-    if parse_version(v) <= parse_version(running):
+    if exact:
+        if parse_version(v) != parse_version(running):
+            raise ReleaseRefused(f"release {v} is not the running {running}")
+    elif parse_version(v) <= parse_version(running):
         raise ReleaseRefused(f"release {v} is not newer than the running {running}")
-    if doc.get("min_from") and parse_version(running) < parse_version(doc["min_from"]):
+    elif doc.get("min_from") and parse_version(running) < parse_version(doc["min_from"]):
         raise ReleaseRefused(f"release {v} upgrades only from {doc['min_from']} or later "
                              f"(this router runs {running})")
     boards = doc.get("boards") or []

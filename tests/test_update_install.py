@@ -1,0 +1,231 @@
+# Issue 15, the install half: routers whose lanmesh was installed by the real opkg (offline
+# roots, as Image Builder lays them out), each daemon run from its root's /usr/bin/lanmesh
+# in a site namespace, a real mosquitto over TLS. A release built from this tree with a
+# bumped version is added and assigned; each router fetches it and the package of the
+# version it runs (the way back), the guard installs it with opkg, restarts the service and
+# waits for the new daemon's confirm (must show 1). A release that exits at start rolls back
+# by itself within the confirm window and says why; opkg's view is the old version again
+# (must show 2). kill -9 of the daemon and of the guard (must show 3).
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from openwrt_root import missing_tools, opkg, opkg_root, tool  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "packaging"))
+import build_ipk  # noqa: E402
+
+pytestmark = pytest.mark.netns
+WINDOW = 15
+
+SERVICE = """#!/bin/sh
+# the site's init system, as far as lanmesh's guard needs one: restart the daemon from the
+# root's /usr/bin/lanmesh (the version opkg installed last) in the site's namespace
+pid=$(cat {pidfile} 2>/dev/null)
+if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null
+    n=0; while kill -0 "$pid" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+    kill -9 "$pid" 2>/dev/null
+fi
+setsid ip netns exec {ns} {python} -S {root}/usr/bin/lanmesh run --config {config} \
+    >>{log} 2>&1 </dev/null &
+echo $! >{pidfile}
+"""
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    if missing_tools("opkg"):
+        pytest.skip(missing_tools("opkg"))
+    out = str(tmp_path_factory.mktemp("pkgs"))
+
+    def exits_at_start(tree):
+        tree.entries["usr/bin/lanmesh"] = (0o755, b"#!/bin/sh\necho 'broken release' >&2\nexit 3\n")
+    return {"0.1.0": build_ipk.build(os.path.join(out, "v1")),
+            "0.2.0": build_ipk.build(os.path.join(out, "v2"), version="0.2.0"),
+            "0.3.0": build_ipk.build(os.path.join(out, "v3"), version="0.3.0", edit=exits_at_start)}
+
+
+class Router:
+    """A site whose lanmesh is an opkg-installed root, run by SERVICE."""
+
+    def __init__(self, lab, fl, site, ipk):
+        self.lab, self.fl, self.site = lab, fl, site
+        self.root = os.path.join(site.dir, "root")
+        opkg_root(self.root)
+        with open(os.path.join(self.root, "etc/rc.common"), "w") as f:
+            f.write("# OpenWrt's rc.common: lanmesh's guard writes a procd init hook here\n")
+        r = opkg(self.root, "install", ipk)
+        assert r.returncode == 0, r.stdout + r.stderr
+        self.service = os.path.join(site.dir, "service.sh")
+        self.pidfile = os.path.join(site.dir, "daemon.pid")
+        with open(self.service, "w") as f:
+            f.write(SERVICE.format(pidfile=self.pidfile, ns=site.router, python=sys.executable,
+                                   root=self.root, config=site.config_path,
+                                   log=os.path.join(site.dir, "daemon.log")))
+        os.chmod(self.service, 0o755)
+        cfg = json.load(open(site.config_path))
+        cfg["fleet"].update({"package_format": "ipk", "board": "lab", "package_manager": tool("opkg"),
+                             "package_root": self.root, "restart_command": self.service,
+                             "confirm_window": WINDOW})
+        with open(site.config_path, "w") as f:
+            json.dump(cfg, f)
+
+    def restart(self):
+        subprocess.run(["sh", self.service], check=True, timeout=20)
+
+    def pid(self):
+        try:
+            return int(open(self.pidfile).read())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self):
+        pid = self.pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        guard = os.path.join(self.site.dir, "state", "update", "guard.pid")
+        if os.path.exists(guard):
+            try:
+                os.kill(int(open(guard).read()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+    def installed(self):
+        r = opkg(self.root, "list-installed")
+        return {line.split(" - ")[0]: line.split(" - ")[1] for line in r.stdout.splitlines()
+                if line.startswith("lanmesh ")}.get("lanmesh")
+
+    def update_dir(self):
+        return os.path.join(self.site.dir, "state", "update")
+
+
+def _rows(fl):
+    return {r["node"]: r for r in fl.status_rows()}
+
+
+def wait_update(fl, name, pred, what, timeout):
+    deadline = time.monotonic() + timeout
+    row = None
+    while time.monotonic() < deadline:
+        row = _rows(fl).get(name)
+        if row and row.get("update") and pred(row):
+            return row
+        time.sleep(0.5)
+    raise AssertionError(f"{name}: not {what} after {timeout}s: {row}")
+
+
+@pytest.fixture
+def fleet_of_routers(make_lab, tmp_path, packages):
+    from lanmesh_lab.fleetlab import FleetLab
+    lab = make_lab(3)
+    fl = FleetLab(lab, tmp_path / "fleet")
+    routers = []
+    try:
+        fl.start_broker()
+        for s in lab.sites:
+            routers.append(Router(lab, fl, s, packages["0.1.0"]))
+        for r in routers:
+            r.restart()
+        fl.wait_applied(1, timeout=30, sites=lab.sites)
+        yield lab, fl, routers
+    finally:
+        for r in routers:
+            r.stop()
+        fl.close()
+
+
+def test_release_installs_confirms_and_a_broken_one_rolls_back(fleet_of_routers, packages):
+    lab, fl, routers = fleet_of_routers
+    hq, branch, far = routers
+    # the running version's package first (the way back), then the new one
+    fl.cli("release", "add", packages["0.1.0"])
+    fl.cli("release", "add", packages["0.2.0"])
+    fl.cli("update", hq.site.name, "--release", "0.2.0")
+    row = wait_update(fl, hq.site.name, lambda r: r["update"]["state"] == "confirmed",
+                      "confirmed on 0.2.0", 60)
+    assert row["software"] == "0.2.0" and row["update"]["running"] == "0.2.0", row
+    assert hq.installed() == "0.2.0-r1"                      # opkg's view is true
+    assert lab.status(hq.site)["version"] == 1               # the mesh document is kept
+    kept = os.listdir(os.path.join(hq.update_dir(), "keep"))
+    assert sorted(kept) == ["lanmesh_0.2.0-r1_all.ipk", "manifest"], kept
+    assert not os.path.exists(os.path.join(hq.root, "etc/init.d/lanmesh-guard"))
+    assert not os.path.exists(os.path.join(hq.update_dir(), "trial"))
+    # the others: never given 0.3.0 below
+    fl.cli("update", branch.site.name, far.site.name, "--release", "0.2.0")
+    for r in (branch, far):
+        wait_update(fl, r.site.name, lambda row: row["update"]["state"] == "confirmed" and
+                    row["software"] == "0.2.0", "confirmed on 0.2.0", 60)
+
+    # 0.3.0 exits at start: the guard rolls back within the window, by itself
+    fl.cli("release", "add", packages["0.3.0"])
+    t0 = time.monotonic()
+    fl.cli("update", hq.site.name, "--release", "0.3.0")
+    row = wait_update(fl, hq.site.name, lambda r: r["update"]["state"] == "rolled-back",
+                      "rolled back", WINDOW + 60)
+    took = time.monotonic() - t0
+    assert "0.3.0 did not confirm within" in row["update"]["reason"], row
+    assert row["software"] == "0.2.0" and row["update"]["version"] == "0.3.0", row
+    assert hq.installed() == "0.2.0-r1"
+    assert took < WINDOW + 45, took
+    log = open(os.path.join(hq.update_dir(), "guard.log")).read()
+    assert "rolling back to 0.2.0" in log and "reinstalled 0.2.0" in log, log
+    # the same manifest again (a reconnect, the retained copy): not installed twice
+    hq.restart()
+    time.sleep(3)
+    row = wait_update(fl, hq.site.name, lambda r: r["state"] == "online", "online", 30)
+    assert row["update"]["state"] == "rolled-back" and hq.installed() == "0.2.0-r1", row
+    assert "0.3.0" not in {r.installed() for r in (branch, far)}
+
+
+def test_kill_9_of_daemon_and_guard_leaves_a_working_version(fleet_of_routers, packages):
+    lab, fl, routers = fleet_of_routers
+    hq = routers[0]
+    fl.cli("release", "add", packages["0.1.0"])
+    fl.cli("release", "add", packages["0.2.0"])
+    fl.cli("update", hq.site.name, "--release", "0.2.0")
+    # kill -9 of the daemon right after the guard took over (mid-install / after the switch)
+    deadline = time.monotonic() + 60
+    trial = os.path.join(hq.update_dir(), "trial")
+    while not os.path.exists(trial) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(trial), "the guard never started"
+    os.kill(hq.pid(), signal.SIGKILL)
+    # the guard does not depend on the daemon: it installs, restarts, and the new one confirms
+    row = wait_update(fl, hq.site.name, lambda r: r["update"]["state"] == "confirmed",
+                      "confirmed after kill -9", 60)
+    assert row["software"] == "0.2.0" and hq.installed() == "0.2.0-r1"
+
+    # a power cut inside the next trial: guard and daemon gone at once. At boot the init
+    # hook the guard left runs it again (installing when the power went: roll back; after
+    # the switch: 0.3.0 never confirms), then the init system starts lanmesh
+    fl.cli("release", "add", packages["0.3.0"])
+    fl.cli("update", hq.site.name, "--release", "0.3.0")
+    gpid = os.path.join(hq.update_dir(), "guard.pid")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gpid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    hook = os.path.join(hq.root, "etc/init.d/lanmesh-guard")
+    assert os.path.exists(hook) and os.path.islink(os.path.join(hq.root, "etc/rc.d/S94lanmesh-guard"))
+    os.kill(int(open(gpid).read()), signal.SIGKILL)
+    pid = hq.pid()
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["sh", "-c", f". {hook}; boot"], check=True, timeout=10)
+    hq.restart()
+    row = wait_update(fl, hq.site.name, lambda r: r["update"]["state"] == "rolled-back" and
+                      r["state"] == "online", "rolled back after the power cut", WINDOW + 60)
+    assert hq.installed() == "0.2.0-r1" and row["software"] == "0.2.0", row
+    assert not os.path.exists(hook), "the init hook outlived the trial"
