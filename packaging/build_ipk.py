@@ -40,9 +40,7 @@ def build(out_dir, release="24.10", epoch=None, pkg_release=None, version=None, 
     feed = read_feed(os.path.join(FEED, "Makefile"))
     feed["release"] = pkg_release or feed["release"]
     feed["version"] = version or feed["version"]
-    tree = router_tree(RELEASES[release], version=version)
-    if edit is not None:
-        edit(tree)
+    tree = router_tree(RELEASES[release], version=version, edit=edit)
     files = tree.files()
     missing = [c for c in feed["conffiles"] if c.strip("/") not in tree.entries]
     if missing:

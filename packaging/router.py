@@ -66,9 +66,10 @@ def compile_in_place(tree, lib=LIB):
                 tree.add_file(path + "c", f.read(), 0o644)
 
 
-def router_tree(python_version, cache=None, version=None):
+def router_tree(python_version, cache=None, version=None, edit=None):
     """The installed files of the router package (a Tree). version: another version than
-    this tree's (tests build the next release of the same code)."""
+    this tree's, edit(tree): change its files, sources included (tests build the next
+    release of the same code, and broken ones)."""
     tree = Tree()
     tree.add_source_tree(os.path.join(REPO, "firmware", "lanmesh"), f"{LIB}/lanmesh",
                          skip_dirs=("__pycache__",) + HOST_ONLY)
@@ -85,13 +86,15 @@ def router_tree(python_version, cache=None, version=None):
         old = data.split(b'__version__ = "', 1)[1].split(b'"', 1)[0]
         tree.entries[init] = (mode, data.replace(b'__version__ = "' + old, b'__version__ = "'
                                                  + version.encode(), 1))
-    if python_version == "%d.%d" % sys.version_info[:2]:
-        compile_in_place(tree)
     for src, dest, mode in FILES:
         with open(os.path.join(REPO, src), "rb") as f:
             tree.add_file(dest, f.read(), mode)
     for d, mode in DIRS:
         tree.add_dir(d, mode)
+    if edit is not None:
+        edit(tree)
+    if python_version == "%d.%d" % sys.version_info[:2]:
+        compile_in_place(tree)
     return tree
 
 

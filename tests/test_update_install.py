@@ -47,9 +47,16 @@ def packages(tmp_path_factory):
 
     def exits_at_start(tree):
         tree.entries["usr/bin/lanmesh"] = (0o755, b"#!/bin/sh\necho 'broken release' >&2\nexit 3\n")
+
+    def no_broker(tree):           # starts and runs the mesh, but never reaches the broker
+        path = "usr/lib/lanmesh/lanmesh/adapters/mqtt.py"
+        mode, src = tree.entries[path]
+        hook = b'def parse_broker(url):\n    url = "mqtts://198.18.255.254:1"\n'
+        tree.entries[path] = (mode, src.replace(b"def parse_broker(url):\n", hook, 1))
     return {"0.1.0": build_ipk.build(os.path.join(out, "v1")),
             "0.2.0": build_ipk.build(os.path.join(out, "v2"), version="0.2.0"),
-            "0.3.0": build_ipk.build(os.path.join(out, "v3"), version="0.3.0", edit=exits_at_start)}
+            "0.3.0": build_ipk.build(os.path.join(out, "v3"), version="0.3.0", edit=exits_at_start),
+            "0.4.0": build_ipk.build(os.path.join(out, "v4"), version="0.4.0", edit=no_broker)}
 
 
 class Router:
@@ -144,47 +151,76 @@ def fleet_of_routers(make_lab, tmp_path, packages):
         fl.close()
 
 
-def test_release_installs_confirms_and_a_broken_one_rolls_back(fleet_of_routers, packages):
+def _rollout_status(fl):
+    return json.loads(fl.cli("rollout", "status", "--json").stdout.splitlines()[-1])
+
+
+def test_rollout_canary_then_the_rest_and_broken_releases_roll_back_and_halt(
+        fleet_of_routers, packages):
     lab, fl, routers = fleet_of_routers
     hq, branch, far = routers
-    # the running version's package first (the way back), then the new one
-    fl.cli("release", "add", packages["0.1.0"])
+    fl.cli("release", "add", packages["0.1.0"])     # the running version: the way back
     fl.cli("release", "add", packages["0.2.0"])
-    fl.cli("update", hq.site.name, "--release", "0.2.0")
-    row = wait_update(fl, hq.site.name, lambda r: r["update"]["state"] == "confirmed",
-                      "confirmed on 0.2.0", 60)
-    assert row["software"] == "0.2.0" and row["update"]["running"] == "0.2.0", row
-    assert hq.installed() == "0.2.0-r1"                      # opkg's view is true
+    out = fl.cli("rollout", "start", "0.2.0", "--waves", f"canary={hq.site.name}", "100%",
+                 "--max-failures", "1").stdout
+    assert f"wave canary assigned to {hq.site.name}" in out, out
+    # waves advance while the rollout is watched: each `rollout status` carries it on
+    deadline, looks_before = time.monotonic() + 120, 0
+    while time.monotonic() < deadline:
+        st = _rollout_status(fl)
+        canary = st["waves"][0]["nodes"][0]
+        if not st["waves"][1]["assigned"]:
+            # the rest wait for the canary: not assigned, nothing installed
+            assert canary["progress"] != "confirmed", st
+            assert {branch.installed(), far.installed()} == {"0.1.0-r1"}
+            looks_before += 1
+        else:
+            assert any("wave 100%: assigned" in d for d in st["did"]) or looks_before, st
+        if st["state"] == "done":
+            break
+        time.sleep(0.5)
+    assert st["state"] == "done", st
+    assert looks_before >= 2, "the canary's progress was never seen before the next wave"
+    for w in st["waves"]:
+        assert all(e["progress"] == "confirmed" and e["software"] == "0.2.0" for e in w["nodes"]), st
+    for r in routers:
+        assert r.installed() == "0.2.0-r1"                   # opkg's view is true
+        assert not os.path.exists(os.path.join(r.update_dir(), "trial"))
+        assert not os.path.exists(os.path.join(r.root, "etc/init.d/lanmesh-guard"))
+    assert sorted(os.listdir(os.path.join(hq.update_dir(), "keep"))) == [
+        "lanmesh_0.2.0-r1_all.ipk", "manifest"]
     assert lab.status(hq.site)["version"] == 1               # the mesh document is kept
-    kept = os.listdir(os.path.join(hq.update_dir(), "keep"))
-    assert sorted(kept) == ["lanmesh_0.2.0-r1_all.ipk", "manifest"], kept
-    assert not os.path.exists(os.path.join(hq.root, "etc/init.d/lanmesh-guard"))
-    assert not os.path.exists(os.path.join(hq.update_dir(), "trial"))
-    # the others: never given 0.3.0 below
-    fl.cli("update", branch.site.name, far.site.name, "--release", "0.2.0")
-    for r in (branch, far):
-        wait_update(fl, r.site.name, lambda row: row["update"]["state"] == "confirmed" and
-                    row["software"] == "0.2.0", "confirmed on 0.2.0", 60)
+    text = fl.cli("rollout", "status").stdout
+    assert "rollout 1: release 0.2.0, done" in text and "confirmed 1" in text, text
 
-    # 0.3.0 exits at start: the guard rolls back within the window, by itself
-    fl.cli("release", "add", packages["0.3.0"])
-    t0 = time.monotonic()
-    fl.cli("update", hq.site.name, "--release", "0.3.0")
-    row = wait_update(fl, hq.site.name, lambda r: r["update"]["state"] == "rolled-back",
-                      "rolled back", WINDOW + 60)
-    took = time.monotonic() - t0
-    assert "0.3.0 did not confirm within" in row["update"]["reason"], row
-    assert row["software"] == "0.2.0" and row["update"]["version"] == "0.3.0", row
-    assert hq.installed() == "0.2.0-r1"
-    assert took < WINDOW + 45, took
-    log = open(os.path.join(hq.update_dir(), "guard.log")).read()
-    assert "rolling back to 0.2.0" in log and "reinstalled 0.2.0" in log, log
-    # the same manifest again (a reconnect, the retained copy): not installed twice
+    # broken releases: 0.3.0 exits at start, 0.4.0 never reaches the broker. The canary
+    # rolls back by itself within the window, says why, and the rollout halts there.
+    for bad in ("0.3.0", "0.4.0"):
+        fl.cli("release", "add", packages[bad])
+        t0 = time.monotonic()
+        r = fl.cli("rollout", "start", bad, "--waves", f"canary={hq.site.name}", "100%",
+                   "--max-failures", "1", "--watch", "--json", "--interval", "1",
+                   check=False, timeout=WINDOW + 90)
+        took = time.monotonic() - t0
+        assert r.returncode == 1, r.stdout + r.stderr       # halted
+        st = json.loads(r.stdout.splitlines()[-1])
+        assert st["state"] == "halted" and "--max-failures 1" in st["reason"], st
+        canary = st["waves"][0]["nodes"][0]
+        assert canary["progress"] == "rolled back", canary
+        assert f"{bad} did not confirm within {WINDOW}s" in canary["reason"], canary
+        assert st["waves"][1]["assigned"] is False
+        assert hq.installed() == "0.2.0-r1" and took < WINDOW + 60, (hq.installed(), took)
+        log = open(os.path.join(hq.update_dir(), "guard.log")).read()
+        assert f"rolling back to 0.2.0" in log and "reinstalled 0.2.0" in log, log
+        for other in (branch, far):                         # never given it
+            assert other.installed() == "0.2.0-r1"
+            assert (_rows(fl)[other.site.name]["update"] or {}).get("version") != bad
+    # the same manifest again (a restart, the retained copy): not installed twice
     hq.restart()
+    row = wait_update(fl, hq.site.name, lambda r: r["state"] == "online" and
+                      r["update"]["state"] == "rolled-back", "online, rolled back", 30)
     time.sleep(3)
-    row = wait_update(fl, hq.site.name, lambda r: r["state"] == "online", "online", 30)
-    assert row["update"]["state"] == "rolled-back" and hq.installed() == "0.2.0-r1", row
-    assert "0.3.0" not in {r.installed() for r in (branch, far)}
+    assert hq.installed() == "0.2.0-r1" and row["software"] == "0.2.0", row
 
 
 def test_kill_9_of_daemon_and_guard_leaves_a_working_version(fleet_of_routers, packages):

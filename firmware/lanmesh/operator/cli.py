@@ -108,6 +108,8 @@ def register(sub, groups):
 
     from . import release_cli
     release_cli.register(fs, fleet_dir, broker_args)
+    from . import rollout_cli
+    rollout_cli.register(fs, fleet_dir, broker_args)
 
     s = fs.add_parser("broker-config", help="mosquitto.conf, password file and ACL for the registry")
     fleet_dir(s)
