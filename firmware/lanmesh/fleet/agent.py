@@ -6,7 +6,7 @@
 import json
 import time
 
-from .. import __version__, boundjson
+from .. import boundjson
 from ..atomic import write_atomic
 from ..errors import DocumentError, LanmeshError
 from ..ticks import ticks_add, ticks_diff, ticks_ms
@@ -389,7 +389,7 @@ class FleetAgent:
 
     def reported(self):
         r = {"node": self.cfg.name, "fleet": self.fleet["name"], "time": int(time.time()),
-             "software": __version__, "uptime": int(time.time() - self.started),
+             "software": self.updater.running, "uptime": int(time.time() - self.started),
              "report_interval": self.report_every_ms // 1000,
              "broker_last_error": self.last_failure and {"reason": self.last_failure[0],
                                                          "at": self.last_failure[1]}}
