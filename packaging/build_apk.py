@@ -34,7 +34,10 @@ def find_apk():
     return None
 
 
-def build(out_dir, release="25.12", epoch=None, apk=None, pkg_release=None):
+def build(out_dir, release="25.12", epoch=None, apk=None, pkg_release=None, version=None,
+          edit=None):
+    """version: another version than this tree's; edit(tree): change its files first (tests
+    build the next release of the same code, and broken ones)."""
     apk = apk or find_apk()
     if apk is None:
         raise SystemExit("make apk needs apk-tools v3 (`apk --version` 3.x; Debian's apk-tools "
@@ -42,7 +45,8 @@ def build(out_dir, release="25.12", epoch=None, apk=None, pkg_release=None):
     epoch = source_date_epoch(REPO) if epoch is None else epoch
     feed = read_feed(os.path.join(FEED, "Makefile"))
     feed["release"] = pkg_release or feed["release"]
-    tree = router_tree(RELEASES[release])
+    feed["version"] = version or feed["version"]
+    tree = router_tree(RELEASES[release], version=version, edit=edit)
     version = f"{feed['version']}-r{feed['release']}"
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{feed['name']}-{version}.apk")

@@ -16,9 +16,10 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from openwrt_root import missing_tools, opkg, opkg_root, tool  # noqa: E402
+from openwrt_root import apk, apk_repo, missing_tools, opkg, opkg_root, tool  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "packaging"))
+import build_apk  # noqa: E402
 import build_ipk  # noqa: E402
 
 pytestmark = pytest.mark.netns
@@ -60,16 +61,21 @@ def packages(tmp_path_factory):
 
 
 class Router:
-    """A site whose lanmesh is an opkg-installed root, run by SERVICE."""
+    """A site whose lanmesh is an opkg-installed (or apk-installed) root, run by SERVICE."""
 
-    def __init__(self, lab, fl, site, ipk):
-        self.lab, self.fl, self.site = lab, fl, site
+    def __init__(self, lab, fl, site, package, fmt="ipk"):
+        self.lab, self.fl, self.site, self.fmt = lab, fl, site, fmt
         self.root = os.path.join(site.dir, "root")
-        opkg_root(self.root)
+        if fmt == "ipk":
+            opkg_root(self.root)
+            r = opkg(self.root, "install", package)
+        else:
+            os.makedirs(os.path.join(self.root, "etc"))
+            r = apk(self.root, apk_repo(os.path.join(site.dir, "repo"), extra=[package]), "add",
+                    "lanmesh")
+        assert r.returncode == 0, r.stdout + r.stderr
         with open(os.path.join(self.root, "etc/rc.common"), "w") as f:
             f.write("# OpenWrt's rc.common: lanmesh's guard writes a procd init hook here\n")
-        r = opkg(self.root, "install", ipk)
-        assert r.returncode == 0, r.stdout + r.stderr
         self.service = os.path.join(site.dir, "service.sh")
         self.pidfile = os.path.join(site.dir, "daemon.pid")
         with open(self.service, "w") as f:
@@ -78,7 +84,8 @@ class Router:
                                    log=os.path.join(site.dir, "daemon.log")))
         os.chmod(self.service, 0o755)
         cfg = json.load(open(site.config_path))
-        cfg["fleet"].update({"package_format": "ipk", "board": "lab", "package_manager": tool("opkg"),
+        cfg["fleet"].update({"package_format": fmt, "board": "lab",
+                             "package_manager": tool("opkg" if fmt == "ipk" else "apk"),
                              "package_root": self.root, "restart_command": self.service,
                              "confirm_window": WINDOW})
         with open(site.config_path, "w") as f:
@@ -108,6 +115,11 @@ class Router:
                 pass
 
     def installed(self):
+        if self.fmt == "apk":
+            r = subprocess.run([tool("apk"), "--root", self.root, "info", "lanmesh"],
+                               capture_output=True, text=True)
+            first = r.stdout.split(" ", 1)[0]
+            return first[len("lanmesh-"):] if first.startswith("lanmesh-") else None
         r = opkg(self.root, "list-installed")
         return {line.split(" - ")[0]: line.split(" - ")[1] for line in r.stdout.splitlines()
                 if line.startswith("lanmesh ")}.get("lanmesh")
@@ -265,3 +277,39 @@ def test_kill_9_of_daemon_and_guard_leaves_a_working_version(fleet_of_routers, p
                       r["state"] == "online", "rolled back after the power cut", WINDOW + 60)
     assert hq.installed() == "0.2.0-r1" and row["software"] == "0.2.0", row
     assert not os.path.exists(hook), "the init hook outlived the trial"
+
+
+def test_apk_router_installs_confirms_and_rolls_back(make_lab, tmp_path):
+    """OpenWrt 25.x: the same hand-over with the real apk (v3) on an installed root."""
+    from lanmesh_lab.fleetlab import FleetLab
+    if missing_tools("apk"):
+        pytest.skip(missing_tools("apk"))
+    out, a = str(tmp_path / "pkgs"), tool("apk")
+
+    def exits_at_start(tree):
+        tree.entries["usr/bin/lanmesh"] = (0o755, b"#!/bin/sh\nexit 3\n")
+    pk = {v: build_apk.build(os.path.join(out, v), apk=a, version=v, edit=e)
+          for v, e in (("0.1.0", None), ("0.2.0", None), ("0.3.0", exits_at_start))}
+    lab = make_lab(1)
+    fl = FleetLab(lab, tmp_path / "fleet")
+    router = None
+    try:
+        fl.start_broker()
+        router = Router(lab, fl, lab.sites[0], pk["0.1.0"], fmt="apk")
+        router.restart()
+        fl.wait_applied(1, timeout=30, sites=lab.sites)
+        name = router.site.name
+        for v in ("0.1.0", "0.2.0", "0.3.0"):
+            fl.cli("release", "add", pk[v])
+        fl.cli("update", name, "--release", "0.2.0")
+        row = wait_update(fl, name, lambda r: r["update"]["state"] == "confirmed" and
+                          r["software"] == "0.2.0", "confirmed on 0.2.0", 60)
+        assert router.installed() == "0.2.0-r1", row
+        fl.cli("update", name, "--release", "0.3.0")
+        row = wait_update(fl, name, lambda r: r["update"]["state"] == "rolled-back" and
+                          r["state"] == "online", "rolled back", WINDOW + 60)
+        assert router.installed() == "0.2.0-r1" and row["software"] == "0.2.0", row
+    finally:
+        if router is not None:
+            router.stop()
+        fl.close()

@@ -41,7 +41,8 @@ pm() {                  # pm install|rollback PACKAGE
 		# shellcheck disable=SC2086
 		"$PM" $opts install $force "$2" ;;
 	apk)
-		if [ "$ROOT" = / ]; then opts=""; else opts="--root $ROOT"; fi
+		# an offline root has no shell of its own to run the package's scripts in
+		if [ "$ROOT" = / ]; then opts=""; else opts="--root $ROOT --no-scripts"; fi
 		# the artefact's hash and the manifest's signature were checked by lanmesh
 		# shellcheck disable=SC2086
 		"$PM" $opts add --allow-untrusted --no-network "$2" ;;
