@@ -17,7 +17,8 @@ FILES = os.path.join(REPO, "openwrt", "lanmesh", "files")
 INIT = os.path.join(FILES, "lanmesh.init")
 DEFAULTS = os.path.join(FILES, "lanmesh.uci-defaults")
 MAINTAINER = ("postinst", "prerm", "postrm")     # inline in the feed Makefile
-SCRIPTS = [INIT, DEFAULTS] + list(MAINTAINER)
+GUARD = os.path.join(REPO, "firmware", "lanmesh", "release", "guard.sh")   # runs on the router
+SCRIPTS = [INIT, DEFAULTS, GUARD] + list(MAINTAINER)
 
 
 def _script_path(script, tmp_path):

@@ -8,6 +8,7 @@
 # (must show 2). kill -9 of the daemon and of the guard (must show 3).
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import build_apk  # noqa: E402
 import build_ipk  # noqa: E402
 
 pytestmark = pytest.mark.netns
-WINDOW = 15
+WINDOW = 10
 
 SERVICE = """#!/bin/sh
 # the site's init system, as far as lanmesh's guard needs one: restart the daemon from the
@@ -57,7 +58,9 @@ def packages(tmp_path_factory):
     return {"0.1.0": build_ipk.build(os.path.join(out, "v1")),
             "0.2.0": build_ipk.build(os.path.join(out, "v2"), version="0.2.0"),
             "0.3.0": build_ipk.build(os.path.join(out, "v3"), version="0.3.0", edit=exits_at_start),
-            "0.4.0": build_ipk.build(os.path.join(out, "v4"), version="0.4.0", edit=no_broker)}
+            "0.4.0": build_ipk.build(os.path.join(out, "v4"), version="0.4.0", edit=no_broker),
+            **{v: build_ipk.build(os.path.join(out, v), version=v) for v in ("0.5.0", "0.6.0", "0.7.0")},
+            "0.8.0": build_ipk.build(os.path.join(out, "v8"), version="0.8.0", edit=exits_at_start)}
 
 
 class Router:
@@ -235,47 +238,120 @@ def test_rollout_canary_then_the_rest_and_broken_releases_roll_back_and_halt(
     assert hq.installed() == "0.2.0-r1" and row["software"] == "0.2.0", row
 
 
-def test_kill_9_of_daemon_and_guard_leaves_a_working_version(fleet_of_routers, packages):
+def _wait(pred, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.02)
+    raise AssertionError(f"not {what} after {timeout}s")
+
+
+def _kill9(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, TypeError):
+        pass
+
+
+def _retain(fl, topic, payload_file=None):
+    """Publish (or with no file: clear) a retained message as the controller."""
+    from lanmesh.adapters.mqtt import parse_broker
+    opts = fl.fd.broker_options()
+    _, host, port = parse_broker(opts["broker"])
+    argv = ["mosquitto_pub", "-h", host, "-p", str(port), "--cafile", opts["ca_file"],
+            "-u", opts["username"], "-P", open(opts["password_file"]).read().strip(), "-q", "1",
+            "-r", "-t", topic] + (["-f", payload_file] if payload_file else ["-n"])
+    fl.lab.ns.exec(fl.ns, *argv)
+
+
+def test_kill_9_at_each_step_leaves_a_working_version_and_the_update_goes_on(
+        fleet_of_routers, packages, tmp_path):
+    from lanmesh.fleet import topics
     lab, fl, routers = fleet_of_routers
     hq = routers[0]
-    fl.cli("release", "add", packages["0.1.0"])
-    fl.cli("release", "add", packages["0.2.0"])
-    fl.cli("update", hq.site.name, "--release", "0.2.0")
-    # kill -9 of the daemon right after the guard took over (mid-install / after the switch)
-    deadline = time.monotonic() + 60
-    trial = os.path.join(hq.update_dir(), "trial")
-    while not os.path.exists(trial) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert os.path.exists(trial), "the guard never started"
-    os.kill(hq.pid(), signal.SIGKILL)
-    # the guard does not depend on the daemon: it installs, restarts, and the new one confirms
-    row = wait_update(fl, hq.site.name, lambda r: r["update"]["state"] == "confirmed",
-                      "confirmed after kill -9", 60)
-    assert row["software"] == "0.2.0" and hq.installed() == "0.2.0-r1"
+    name, state = hq.site.name, lambda: (_rows(fl).get(hq.site.name) or {}).get("update") or {}
 
-    # a power cut inside the next trial: guard and daemon gone at once. At boot the init
+    # 1. after verify: 0.2.0 is downloaded and checked, the way back (0.1.0) is not on the
+    # broker yet. kill -9; the operator adds 0.1.0; the restarted daemon goes on from disk.
+    fl.cli("release", "add", packages["0.2.0"])
+    fl.cli("update", name, "--release", "0.2.0")
+    _wait(lambda: state().get("state") == "downloaded", "downloaded")
+    _kill9(hq.pid())
+    fl.cli("release", "add", packages["0.1.0"])
+    hq.restart()
+    row = wait_update(fl, name, lambda r: r["update"]["state"] == "confirmed" and
+                      r["software"] == "0.2.0", "confirmed on 0.2.0 after kill -9", 60)
+    assert hq.installed() == "0.2.0-r1"
+
+    # 2. mid-download: chunk 3 is held back on the broker, so the download waits there with
+    # chunks on disk. kill -9; the chunk comes back; the restart resumes from what is on disk.
+    fl.cli("release", "add", packages["0.5.0"])
+    chunk = topics.chunk(fl.fd.prefix(), "0.5.0", "ipk", 3)
+    _retain(fl, chunk)
+    fl.cli("update", name, "--release", "0.5.0")
+    part = os.path.join(hq.update_dir(), "lanmesh_0.5.0-r1_all.ipk.part")
+    _wait(lambda: state().get("state") == "downloading" and os.path.exists(part) and
+          (state().get("chunks") or [0])[0] >= 4, "downloading with chunks on disk")
+    _kill9(hq.pid())
+    held = tmp_path / "chunk3"
+    with open(packages["0.5.0"], "rb") as f:
+        f.seek(3 * 32768)
+        held.write_bytes(f.read(32768))
+    _retain(fl, chunk, str(held))
+    hq.restart()
+    wait_update(fl, name, lambda r: r["update"]["state"] == "confirmed" and
+                r["software"] == "0.5.0", "confirmed on 0.5.0 after kill -9 mid-download", 60)
+    log = open(os.path.join(hq.site.dir, "daemon.log")).read()
+    n = -(-os.path.getsize(packages["0.5.0"]) // 32768)
+    fetches = re.findall(rf"fetching the ipk of 0\.5\.0 \(\d+ bytes, (\d+) of {n} chunks", log)
+    assert fetches[0] == "0" and int(fetches[-1]) >= 4, (fetches, log[-3000:])   # resumed
+    assert hq.installed() == "0.5.0-r1"
+
+    # 3. mid-install: kill -9 the moment the guard took over. The guard does not need it.
+    fl.cli("release", "add", packages["0.6.0"])
+    fl.cli("update", name, "--release", "0.6.0")
+    trial = os.path.join(hq.update_dir(), "trial")
+    _wait(lambda: os.path.exists(trial), "handed over to the guard")
+    _kill9(hq.pid())
+    wait_update(fl, name, lambda r: r["update"]["state"] == "confirmed" and
+                r["software"] == "0.6.0", "confirmed on 0.6.0 after kill -9 mid-install", 60)
+
+    # 4. after the switch, before the confirm: the broker is down, so 0.7.0 cannot confirm;
+    # its daemon is killed; the init system starts it again, the broker comes back, it confirms
+    fl.cli("release", "add", packages["0.7.0"])
+    fl.cli("update", name, "--release", "0.7.0")
+    phase = os.path.join(hq.update_dir(), "phase")
+    _wait(lambda: os.path.exists(phase) and open(phase).read().strip() == "switched", "switched")
+    fl.stop_broker()
+    old_pid = hq.pid()
+    _wait(lambda: hq.pid() != old_pid or None, "restarted by the guard", 20)
+    time.sleep(1)
+    _kill9(hq.pid())
+    assert not os.path.exists(os.path.join(hq.update_dir(), "confirmed"))
+    fl.start_broker()
+    hq.restart()
+    wait_update(fl, name, lambda r: r["update"]["state"] == "confirmed" and
+                r["software"] == "0.7.0", "confirmed on 0.7.0 after kill -9 before confirm", 60)
+    assert hq.installed() == "0.7.0-r1"
+
+    # 5. a power cut inside the next trial: guard and daemon gone at once. At boot the init
     # hook the guard left runs it again (installing when the power went: roll back; after
-    # the switch: 0.3.0 never confirms), then the init system starts lanmesh
-    fl.cli("release", "add", packages["0.3.0"])
-    fl.cli("update", hq.site.name, "--release", "0.3.0")
+    # the switch: 0.8.0 never confirms), then the init system starts lanmesh
+    fl.cli("release", "add", packages["0.8.0"])
+    fl.cli("update", name, "--release", "0.8.0")
     gpid = os.path.join(hq.update_dir(), "guard.pid")
-    deadline = time.monotonic() + 60
-    while not os.path.exists(gpid) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait(lambda: os.path.exists(gpid), "the guard running")
     hook = os.path.join(hq.root, "etc/init.d/lanmesh-guard")
     assert os.path.exists(hook) and os.path.islink(os.path.join(hq.root, "etc/rc.d/S94lanmesh-guard"))
-    os.kill(int(open(gpid).read()), signal.SIGKILL)
-    pid = hq.pid()
-    if pid:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _kill9(int(open(gpid).read()))
+    _kill9(hq.pid())
     subprocess.run(["sh", "-c", f". {hook}; boot"], check=True, timeout=10)
     hq.restart()
-    row = wait_update(fl, hq.site.name, lambda r: r["update"]["state"] == "rolled-back" and
+    row = wait_update(fl, name, lambda r: r["update"]["state"] == "rolled-back" and
                       r["state"] == "online", "rolled back after the power cut", WINDOW + 60)
-    assert hq.installed() == "0.2.0-r1" and row["software"] == "0.2.0", row
+    assert hq.installed() == "0.7.0-r1" and row["software"] == "0.7.0", row
     assert not os.path.exists(hook), "the init hook outlived the trial"
 
 

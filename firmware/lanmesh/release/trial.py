@@ -15,6 +15,7 @@ MAX_BOOTS = 3
 _PROCD_HOOK = """#!/bin/sh /etc/rc.common
 # lanmesh update guard: written by lanmesh during a software update and removed when the
 # update is confirmed or rolled back (it belongs to no package)
+# shellcheck disable=SC2034
 START=94
 boot() {
 \t[ -f %(dir)s/trial ] || return 0
