@@ -92,6 +92,11 @@ def test_document_whose_mesh_port_cannot_be_bound_changes_nothing(make_lab):
     doc = lab.start_all()
     assert lab.wait_direct(timeout=20)
     a, b = lab.sites
+    # routes start direct; the link is up once its first probe came back (later on a loaded
+    # box): the check below is that the rejected document does not take it down
+    deadline = time.monotonic() + 15
+    while not all(l["up"] for l in lab.status(a)["links"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     keepalive = lambda: lab.ns.exec(a.router, "wg", "show", a.ifname, "persistent-keepalive").stdout
     before = keepalive()
     # Something on a's router already holds the port the next document asks for.

@@ -19,7 +19,8 @@ _PROCD_HOOK = """#!/bin/sh /etc/rc.common
 START=94
 boot() {
 \t[ -f %(dir)s/trial ] || return 0
-\t( setsid sh %(dir)s/guard.sh %(dir)s boot </dev/null >/dev/null 2>&1 & )
+\t# in the background (boot goes on); busybox on OpenWrt may lack the setsid applet
+\t( sh %(dir)s/guard.sh %(dir)s boot </dev/null >/dev/null 2>&1 & )
 }
 start() { :; }
 """
