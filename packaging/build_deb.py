@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wheels  # noqa: E402
 from archive import Tree, source_date_epoch, staged  # noqa: E402
+from router import set_version  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(REPO, "packaging")
@@ -53,10 +54,16 @@ def package_tree(wheel_paths):
 CONFFILES = ["/etc/lanmesh/node.json.example"]
 
 
-def build(out_dir, cache=None, epoch=None):
+def build(out_dir, cache=None, epoch=None, version=None, edit=None):
+    """version: another version than this tree's; edit(tree): change its files first (tests
+    build the next release of the same code, and broken ones)."""
     epoch = source_date_epoch(REPO) if epoch is None else epoch
     tree = package_tree(wheels.fetch(REQUIREMENTS, cache or wheels.default_cache(REPO)))
-    version = f"{_version()}-1"
+    if version is not None:
+        set_version(tree, version)
+    if edit is not None:
+        edit(tree)
+    version = f"{version or _version()}-1"
     size_kib = sum((len(d) + 1023) // 1024 for _, d in tree.files().values()) + len(tree.entries)
     control = _read("debian", "control.in").decode()
     for k, v in {"NAME": "lanmesh", "VERSION": version, "INSTALLED_SIZE": str(size_kib),

@@ -66,6 +66,15 @@ def compile_in_place(tree, lib=LIB):
                 tree.add_file(path + "c", f.read(), 0o644)
 
 
+def set_version(tree, version, lib=LIB):
+    """The package's lanmesh says it is `version` (tests build the next release of this tree)."""
+    init = f"{lib}/lanmesh/__init__.py"
+    mode, data = tree.entries[init]
+    old = data.split(b'__version__ = "', 1)[1].split(b'"', 1)[0]
+    tree.entries[init] = (mode, data.replace(b'__version__ = "' + old,
+                                             b'__version__ = "' + version.encode(), 1))
+
+
 def router_tree(python_version, cache=None, version=None, edit=None):
     """The installed files of the router package (a Tree). version: another version than
     this tree's, edit(tree): change its files, sources included (tests build the next
@@ -81,11 +90,7 @@ def router_tree(python_version, cache=None, version=None, edit=None):
     for w in wheels.fetch(VENDOR, cache or wheels.default_cache(REPO)):
         wheels.add_wheel(tree, w, f"{LIB}/vendor", keep=_keep_vendor)
     if version is not None:
-        init = f"{LIB}/lanmesh/__init__.py"
-        mode, data = tree.entries[init]
-        old = data.split(b'__version__ = "', 1)[1].split(b'"', 1)[0]
-        tree.entries[init] = (mode, data.replace(b'__version__ = "' + old, b'__version__ = "'
-                                                 + version.encode(), 1))
+        set_version(tree, version)
     for src, dest, mode in FILES:
         with open(os.path.join(REPO, src), "rb") as f:
             tree.add_file(dest, f.read(), mode)

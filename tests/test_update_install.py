@@ -9,6 +9,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from openwrt_root import apk, apk_repo, missing_tools, opkg, opkg_root, tool  # 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "packaging"))
 import build_apk  # noqa: E402
+import build_deb  # noqa: E402
 import build_ipk  # noqa: E402
 
 pytestmark = pytest.mark.netns
@@ -72,13 +74,16 @@ class Router:
         if fmt == "ipk":
             opkg_root(self.root)
             r = opkg(self.root, "install", package)
-        else:
+        elif fmt == "apk":
             os.makedirs(os.path.join(self.root, "etc"))
             r = apk(self.root, apk_repo(os.path.join(site.dir, "repo"), extra=[package]), "add",
                     "lanmesh")
+        else:                   # Raspberry Pi OS: dpkg, systemd
+            r = dpkg_root_install(self.root, package)
         assert r.returncode == 0, r.stdout + r.stderr
-        with open(os.path.join(self.root, "etc/rc.common"), "w") as f:
-            f.write("# OpenWrt's rc.common: lanmesh's guard writes a procd init hook here\n")
+        if fmt != "deb":
+            with open(os.path.join(self.root, "etc/rc.common"), "w") as f:
+                f.write("# OpenWrt's rc.common: lanmesh's guard writes a procd init hook here\n")
         self.service = os.path.join(site.dir, "service.sh")
         self.pidfile = os.path.join(site.dir, "daemon.pid")
         with open(self.service, "w") as f:
@@ -88,7 +93,8 @@ class Router:
         os.chmod(self.service, 0o755)
         cfg = json.load(open(site.config_path))
         cfg["fleet"].update({"package_format": fmt, "board": "lab",
-                             "package_manager": tool("opkg" if fmt == "ipk" else "apk"),
+                             "package_manager": {"ipk": tool("opkg"), "apk": tool("apk")}.get(
+                                 fmt, "dpkg"),
                              "package_root": self.root, "restart_command": self.service,
                              "confirm_window": WINDOW})
         with open(site.config_path, "w") as f:
@@ -118,6 +124,10 @@ class Router:
                 pass
 
     def installed(self):
+        if self.fmt == "deb":
+            r = subprocess.run(["dpkg-query", f"--root={self.root}", "-W", "-f=${Version}",
+                                "lanmesh"], capture_output=True, text=True)
+            return r.stdout.strip() or None
         if self.fmt == "apk":
             r = subprocess.run([tool("apk"), "--root", self.root, "info", "lanmesh"],
                                capture_output=True, text=True)
@@ -129,6 +139,20 @@ class Router:
 
     def update_dir(self):
         return os.path.join(self.site.dir, "state", "update")
+
+
+def dpkg_root_install(root, deb):
+    """A Raspberry Pi OS root as dpkg sees it: its status lists the package's dependencies
+    (python3, python3-cryptography), systemd's unit directory; lanmesh installed with the
+    real dpkg, its scripts run on the root (--force-script-chrootless, as image builds do)."""
+    for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "lib/systemd/system"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    with open(os.path.join(root, "var/lib/dpkg/status"), "w") as f:
+        for name in ("python3", "python3-cryptography"):
+            f.write(f"Package: {name}\nStatus: install ok installed\nVersion: 99\n"
+                    f"Architecture: all\nMaintainer: test\nDescription: stand-in\n\n")
+    return subprocess.run(["dpkg", f"--root={root}", "--force-script-chrootless", "-i", deb],
+                          capture_output=True, text=True, timeout=120)
 
 
 def _rows(fl):
@@ -355,36 +379,49 @@ def test_kill_9_at_each_step_leaves_a_working_version_and_the_update_goes_on(
     assert not os.path.exists(hook), "the init hook outlived the trial"
 
 
-def test_apk_router_installs_confirms_and_rolls_back(make_lab, tmp_path):
-    """OpenWrt 25.x: the same hand-over with the real apk (v3) on an installed root."""
+@pytest.mark.parametrize("fmt", ["apk", "deb"])
+def test_apk_and_deb_routers_install_confirm_and_roll_back(make_lab, tmp_path, fmt):
+    """OpenWrt 25.x (the real apk v3) and Raspberry Pi OS (the real dpkg, a systemd hook):
+    the same hand-over on an installed root."""
     from lanmesh_lab.fleetlab import FleetLab
-    if missing_tools("apk"):
+    if fmt == "apk" and missing_tools("apk"):
         pytest.skip(missing_tools("apk"))
-    out, a = str(tmp_path / "pkgs"), tool("apk")
+    if fmt == "deb" and not shutil.which("dpkg-deb"):
+        pytest.skip("needs dpkg-deb (dpkg)")
+    out = str(tmp_path / "pkgs")
 
     def exits_at_start(tree):
         tree.entries["usr/bin/lanmesh"] = (0o755, b"#!/bin/sh\nexit 3\n")
-    pk = {v: build_apk.build(os.path.join(out, v), apk=a, version=v, edit=e)
-          for v, e in (("0.1.0", None), ("0.2.0", None), ("0.3.0", exits_at_start))}
+
+    def build(v, e):
+        if fmt == "apk":
+            return build_apk.build(os.path.join(out, v), apk=tool("apk"), version=v, edit=e)
+        return build_deb.build(os.path.join(out, v), version=v, edit=e)
+    pk = {v: build(v, e) for v, e in (("0.1.0", None), ("0.2.0", None), ("0.3.0", exits_at_start))}
     lab = make_lab(1)
     fl = FleetLab(lab, tmp_path / "fleet")
     router = None
     try:
         fl.start_broker()
-        router = Router(lab, fl, lab.sites[0], pk["0.1.0"], fmt="apk")
+        router = Router(lab, fl, lab.sites[0], pk["0.1.0"], fmt=fmt)
         router.restart()
         fl.wait_applied(1, timeout=30, sites=lab.sites)
         name = router.site.name
         for v in ("0.1.0", "0.2.0", "0.3.0"):
             fl.cli("release", "add", pk[v])
         fl.cli("update", name, "--release", "0.2.0")
+        if fmt == "deb":                # the systemd hook, while the trial runs
+            unit = os.path.join(router.root, "etc/systemd/system/lanmesh-guard.service")
+            _wait(lambda: os.path.exists(unit) or router.installed() == "0.2.0-1", "a hook")
         row = wait_update(fl, name, lambda r: r["update"]["state"] == "confirmed" and
                           r["software"] == "0.2.0", "confirmed on 0.2.0", 60)
-        assert router.installed() == "0.2.0-r1", row
+        want = {"apk": "0.2.0-r1", "deb": "0.2.0-1"}[fmt]
+        assert router.installed() == want, row
         fl.cli("update", name, "--release", "0.3.0")
         row = wait_update(fl, name, lambda r: r["update"]["state"] == "rolled-back" and
                           r["state"] == "online", "rolled back", WINDOW + 60)
-        assert router.installed() == "0.2.0-r1" and row["software"] == "0.2.0", row
+        assert router.installed() == want and row["software"] == "0.2.0", row
+        assert not os.path.exists(os.path.join(router.root, "etc/systemd/system/lanmesh-guard.service"))
     finally:
         if router is not None:
             router.stop()

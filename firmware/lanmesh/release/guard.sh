@@ -47,7 +47,8 @@ pm() {                  # pm install|rollback PACKAGE
 		# shellcheck disable=SC2086
 		"$PM" $opts add --allow-untrusted --no-network "$2" ;;
 	deb)
-		if [ "$ROOT" = / ]; then opts=""; else opts="--root=$ROOT"; fi
+		# an offline root (an image build): the scripts run here, on $DPKG_ROOT
+		if [ "$ROOT" = / ]; then opts=""; else opts="--root=$ROOT --force-script-chrootless"; fi
 		# shellcheck disable=SC2086
 		"$PM" $opts -i "$2" ;;
 	*)
