@@ -89,7 +89,8 @@ class Updater:
         t = self._trial_dir()
         facts = t.facts()
         if facts is not None and facts.get("TO") == self.running:
-            self.state, self._confirm_links = CONFIRMING, int(facts.get("LINKS_UP") or 0)
+            links = facts.get("LINKS_UP") or "0"
+            self.state, self._confirm_links = CONFIRMING, int(links) if links.isdigit() else 0
             self._refused_version = self.running
             self.log.info("update: %s is on trial: confirming once the broker is reached and "
                           "%d mesh links are up", self.running, self._confirm_links)
