@@ -73,6 +73,7 @@ class Updater:
         self._failed = None             # (version, reason): rolled back, not to be retried
         self._confirm_links = None      # a trial of this version: the links it must keep
         self._back_by = None            # deadline for the running version's manifest
+        self._install_at = None         # the last trial's guard is still ending: install then
         self._look_at_trial()
 
     # -- the trial a restart finds --------------------------------------------------------
@@ -228,6 +229,9 @@ class Updater:
         while self._done:
             self._finished(*self._done.pop(0), now)
         self._check_confirm()
+        if self._install_at is not None and ticks_diff(now, self._install_at) >= 0:
+            self._install_at = None
+            self._install(now)
         if self._back_by is not None and ticks_diff(now, self._back_by) >= 0:
             self._back_by = None
             self.link.unsubscribe(self.rollback_topic())
@@ -240,9 +244,12 @@ class Updater:
                 self._effects(self.fetch.tick(now))
 
     def next_deadline(self):
-        if self._back_by is not None:
-            return self._back_by
-        return self.fetch.next_deadline() if self.fetch is not None else None
+        out = None
+        for d in (self._install_at, self._back_by,
+                  self.fetch.next_deadline() if self.fetch is not None else None):
+            if d is not None and (out is None or ticks_diff(d, out) < 0):
+                out = d
+        return out
 
     # -- effects --------------------------------------------------------------------------
     def _chunk_topic(self, index):
@@ -317,6 +324,9 @@ class Updater:
             return
         r, f = self.release, self.cfg.fleet
         t = self._trial_dir()
+        if t.guard_alive():             # the last trial's guard is still ending it
+            self._install_at = ticks_add(now, 1000)
+            return
         from ..release.trial import default_restart, init_system
         root = f.get("package_root") or "/"
         init = init_system(root)
@@ -342,7 +352,7 @@ class Updater:
             self._effects([(_fetch.DROP, i) for i in sorted(self.fetch.asked)])
         if self._back_by is not None and self.link is not None:
             self.link.unsubscribe(self.rollback_topic())
-        self.fetch = self.getting = self._back_by = None
+        self.fetch = self.getting = self._back_by = self._install_at = None
 
     def _refuse(self, version, reason, state=REJECTED):
         self.state, self.reason = state, reason
