@@ -163,6 +163,11 @@ def test_relayed_session_stays_end_to_end_encrypted(make_lab):
     # No new handshake was needed between A and C for the reroute.
     assert _handshake(lab, a, c) == hs_a and _handshake(lab, c, a) == hs_c
     gap = watch.gap_after(t_cut, until=t_restore)
+    if gap is None or gap >= 1.5:       # rare (1 run in ~20): what each daemon did then
+        print(f"cut at {time.strftime('%H:%M:%S', time.localtime(t_cut))}"
+              f".{int(t_cut % 1 * 1000):03d}")
+        for s in (a, b, c, d):
+            print(f"===== {s.name} daemon log (tail)\n{lab.daemon_log(s)[-4000:]}")
     assert gap is not None and gap < 1.5, gap
     assert watch.replies_between(t_cut + 2, t_restore) > 200
     # back direct: traffic flows there (the move back can stall for a few seconds: see #14)
