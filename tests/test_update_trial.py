@@ -12,7 +12,8 @@ from lanmesh.release import trial
 
 def _begin(t, root, init, **kw):
     args = dict(frm="0.1.0", to="0.2.0", fmt="ipk", new="/x/new.ipk", old="/x/keep/old.ipk",
-                pm="true", restart="true", root=root, window=10, links_up=2, init=init)
+                pm="true", restart="true", manifest=b'{"doc": "signed"}', root=root, window=10,
+                links_up=2, init=init)
     args.update(kw)
     t.begin(**args)
 
@@ -38,10 +39,29 @@ def test_trial_facts_hook_and_result(tmp_path):
         r = subprocess.run(["shellcheck", "-s", "dash", hook], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout
     assert os.access(os.path.join(d, "guard.sh"), os.X_OK)
-    os.killpg(int(_wait_for(os.path.join(d, "guard.pid"))), 9)   # its own session: sleep too
+    assert open(os.path.join(d, "next.manifest"), "rb").read() == b'{"doc": "signed"}'
+    pid = int(_wait_for(os.path.join(d, "guard.pid")))
+    assert t.guard_alive()
+    os.killpg(pid, 9)                   # its own session: its sleep too
+    _wait_gone(pid)
+    assert not t.guard_alive()          # the pid file stays, the guard is gone
+    with open(os.path.join(d, "guard.pid"), "w") as f:
+        f.write(f"{os.getpid()}\n")     # a pid reused by another process is not the guard
+    assert not t.guard_alive()
     with open(os.path.join(d, "result"), "w") as f:
         f.write("rolled-back 0.2.0 it did not confirm within 10s\n")
     assert t.result() == ("rolled-back", "0.2.0", "it did not confirm within 10s")
+
+
+def _wait_gone(pid, timeout=10):
+    import time
+    end = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < end:
+        try:
+            os.waitpid(pid, os.WNOHANG)     # our child: reap it
+        except ChildProcessError:
+            pass
+        time.sleep(0.02)
 
 
 def _slow_pm(tmp_path):

@@ -66,7 +66,7 @@ class Updater:
         self.download = self.fetch = None
         self.state, self.reason, self.path = IDLE, None, None
         self._digest = None             # the manifest bytes being worked on
-        self._refused_version = None
+        self._shown_version = None     # the version `reported` names when no release is held
         self._mf = None                 # lanmesh.release.manifest, once a manifest arrived
         self._done = []                 # finish() results from the hashing thread
         self._trial = None
@@ -77,11 +77,20 @@ class Updater:
         self._look_at_trial()
 
     # -- the trial a restart finds --------------------------------------------------------
+    @staticmethod
+    def _trial_mod():
+        from ..release import trial
+        return trial
+
     def _trial_dir(self):
         if self._trial is None:
-            from ..release.trial import Trial
-            self._trial = Trial(self.dir)
+            self._trial = self._trial_mod().Trial(self.dir)
         return self._trial
+
+    def _system(self):
+        """(package root, init system) the guard works with."""
+        root = self.cfg.fleet.get("package_root") or "/"
+        return root, self._trial_mod().init_system(root)
 
     def _look_at_trial(self):
         if not os.path.exists(os.path.join(self.dir, "trial")) and \
@@ -92,25 +101,25 @@ class Updater:
         if facts is not None and facts.get("TO") == self.running:
             links = facts.get("LINKS_UP") or "0"
             self.state, self._confirm_links = CONFIRMING, int(links) if links.isdigit() else 0
-            self._refused_version = self.running
+            self._shown_version = self.running
             self.log.info("update: %s is on trial: confirming once the broker is reached and "
                           "%d mesh links are up", self.running, self._confirm_links)
         elif facts is not None:
-            self.state, self._refused_version = INSTALLING, facts.get("TO")
+            self.state, self._shown_version = INSTALLING, facts.get("TO")
             if not t.guard_alive():
                 self.log.warning("update: the guard of %s is gone: resuming it", facts.get("TO"))
                 try:
-                    t.resume_guard()
+                    t.resume_guard(*self._system())
                 except OSError as e:
                     self.reason = f"cannot start the update guard: {e}"
         else:
             what, version, reason = t.result() or (None, None, None)
             if what == ROLLED_BACK:
                 self._failed = (version, reason)
-                self.state, self.reason, self._refused_version = ROLLED_BACK, reason, version
+                self.state, self.reason, self._shown_version = ROLLED_BACK, reason, version
                 self.log.warning("update: %s was rolled back: %s", version, reason)
             elif what == CONFIRMED and version == self.running:
-                self.state, self._refused_version = CONFIRMED, version
+                self.state, self._shown_version = CONFIRMED, version
 
     def _check_confirm(self):
         if self.state != CONFIRMING or self.link is None or not self.link.connected:
@@ -149,7 +158,7 @@ class Updater:
             return                      # the retained copy again (a reconnect)
         if self.state in (CONFIRMING, CONFIRMED, INSTALLING) and payload:
             mf, _ = _release_modules()
-            if mf.peek_version(payload) in (self.running, self._refused_version):
+            if mf.peek_version(payload) in (self.running, self._shown_version):
                 self._digest = payload
                 return                  # the release this router is switching to, or runs
         self._drop_fetch()
@@ -170,7 +179,7 @@ class Updater:
             return self._refuse(mf.peek_version(payload), str(e))
         if self._failed and self._failed[0] == release.version:
             self.state, self.reason = ROLLED_BACK, self._failed[1]
-            self._refused_version = release.version
+            self._shown_version = release.version
             return                      # tried, and it did not come back: not again
         self.release = release
         self._clean_others(release)
@@ -315,6 +324,10 @@ class Updater:
         return path if ok else None
 
     def _install(self, now):
+        t = self._trial_dir()
+        if t.guard_alive():             # the last trial's guard is still ending it
+            self._install_at = ticks_add(now, 1000)
+            return
         old = self._kept()
         if old is None:                 # ask for the running version's release first
             self.log.info("update: no package of the running %s kept: fetching it from %s",
@@ -323,27 +336,19 @@ class Updater:
             self.link.subscribe(self.rollback_topic())
             return
         r, f = self.release, self.cfg.fleet
-        t = self._trial_dir()
-        if t.guard_alive():             # the last trial's guard is still ending it
-            self._install_at = ticks_add(now, 1000)
-            return
-        from ..release.trial import default_restart, init_system
-        root = f.get("package_root") or "/"
-        init = init_system(root)
-        restart = f.get("restart_command") or default_restart(init)
+        root, init = self._system()
+        restart = f.get("restart_command") or self._trial_mod().default_restart(init)
         if restart is None:
             return self._refuse(r.version, "no init system lanmesh knows (procd, systemd): "
                                 "set fleet.restart_command", state=STALLED)
         try:
-            from ..atomic import write_atomic
-            write_atomic(os.path.join(self.dir, "next.manifest"), r.envelope, mode=0o600)
             t.begin(self.running, r.version, self.fmt, self.path, old,
-                    f.get("package_manager") or PM_COMMAND[self.fmt], restart, root=root,
-                    window=f.get("confirm_window") or 120, links_up=self.links_up()[0],
-                    init=init)
+                    f.get("package_manager") or PM_COMMAND[self.fmt], restart, r.envelope,
+                    root=root, window=f.get("confirm_window") or 120,
+                    links_up=self.links_up()[0], init=init)
         except (OSError, ValueError) as e:
             return self._refuse(r.version, f"cannot start the update guard: {e}", state=STALLED)
-        self.state, self.reason, self._refused_version = INSTALLING, None, r.version
+        self.state, self.reason, self._shown_version = INSTALLING, None, r.version
         self.log.info("update: installing %s (the guard takes over; the way back is %s)",
                       r.version, old)
 
@@ -359,7 +364,7 @@ class Updater:
         self.release = self.release if state == STALLED else None
         self.log.warning("update: release %s %s, nothing installed: %s", version or "(unreadable)",
                          state, reason)
-        self._refused_version = version
+        self._shown_version = version
 
     def _clean_others(self, release):
         """Downloads of other releases are of no use any more: flash is scarce. (The kept
@@ -385,7 +390,7 @@ class Updater:
                 d = self.download.release
                 out["chunks"] = [len(self.download.have), d.chunks]
         elif self.state != IDLE:
-            out["version"] = self._refused_version
+            out["version"] = self._shown_version
         if self.reason:
             out["reason"] = self.reason
         return out

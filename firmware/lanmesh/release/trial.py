@@ -90,34 +90,36 @@ class Trial:
                 out[key] = value.strip("'")
         return out
 
-    def begin(self, frm, to, fmt, new, old, pm, restart, root="/", window=120, links_up=0,
-              init=None):
-        """Write the guard, the trial and the init hook; start the guard. OSError when the
+    def begin(self, frm, to, fmt, new, old, pm, restart, manifest, root="/", window=120,
+              links_up=0, init=None):
+        """Write the guard, the trial, the new version's signed manifest (the guard keeps it
+        with the package on confirm) and the init hook; start the guard. OSError when the
         guard cannot be started (the trial is then removed again: nothing changed)."""
         with open(GUARD, "rb") as f:
             write_atomic(self._path("guard.sh"), f.read(), mode=0o755)
-        for stale in ("result", "confirmed", "boots", "phase"):
-            self._remove(stale)
+        self._unlink(*(self._path(n) for n in ("result", "confirmed", "boots", "phase")))
+        write_atomic(self._path("next.manifest"), manifest, mode=0o600)
         hook = self._install_hook(root, init)
         facts = {"FROM": frm, "TO": to, "FMT": fmt, "NEW": new, "OLD": old, "PM": pm,
                  "ROOT": root, "WINDOW": int(window), "MAX_BOOTS": MAX_BOOTS,
                  "RESTART": restart, "HOOK": " ".join(hook), "LINKS_UP": int(links_up)}
         write_atomic(self._path("trial"), "".join(f"{k}={_quote(v)}\n" for k, v in facts.items()),
                      mode=0o600)
-        argv = self._launch(root, init) + ["/bin/sh", self._path("guard.sh"), self.dir, "run"]
         try:
-            with open(self._path("guard.log"), "ab") as log:
-                spawn.start(argv, stdout=log.fileno(), stderr=log.fileno(), new_session=True)
+            self._start_guard("run", root, init)
         except OSError:
-            self.abandon(hook)
+            self._unlink(*hook, self._path("trial"))
             raise
 
-    def _launch(self, root, init):
+    def _start_guard(self, action, root="/", init=None):
         # systemd stops every process of the service's cgroup on restart, the guard too:
         # it runs as a transient unit of its own
-        if init == "systemd" and root == "/" and os.path.isdir("/run/systemd/system"):
-            return ["systemd-run", "--unit=lanmesh-guard", "--collect", "--quiet"]
-        return []
+        launch = (["systemd-run", "--unit=lanmesh-guard", "--collect", "--quiet"]
+                  if init == "systemd" and root == "/" and os.path.isdir("/run/systemd/system")
+                  else [])
+        with open(self._path("guard.log"), "ab") as log:
+            spawn.start(launch + ["/bin/sh", self._path("guard.sh"), self.dir, action],
+                        stdout=log.fileno(), stderr=log.fileno(), new_session=True)
 
     def _install_hook(self, root, init):
         d = {"dir": self.dir}
@@ -140,42 +142,35 @@ class Trial:
             return [unit, link]
         return []
 
-    def abandon(self, hook=()):
-        for p in list(hook) + [self._path("trial")]:
+    @staticmethod
+    def _unlink(*paths):
+        for p in paths:
             try:
                 os.unlink(p)
             except OSError:
                 pass
 
-    def _remove(self, name):
-        try:
-            os.unlink(self._path(name))
-        except OSError:
-            pass
-
     def guard_alive(self):
+        """Is the guard of guard.pid running? By its command line, not just the pid: a pid
+        file left by a killed guard may name another process after a reboot."""
         pid = self._read("guard.pid", 16)
         if not pid or not pid.isdigit():
             return False
         try:
-            os.kill(int(pid), 0)
-            return True
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return self._path("guard.sh").encode() in f.read()
+        except OSError:
             return False
-        except PermissionError:
-            return True
 
     def confirm(self):
         """The new version is good (reached the broker, kept its links): the mark the guard
         waits for."""
         write_atomic(self._path("confirmed"), "ok\n")
 
-    def resume_guard(self):
+    def resume_guard(self, root="/", init=None):
         """A trial whose guard is gone (killed; the machine did not reboot): go on as after
         a boot, which rolls back if it was installing."""
-        with open(self._path("guard.log"), "ab") as log:
-            spawn.start(["/bin/sh", self._path("guard.sh"), self.dir, "boot"],
-                        stdout=log.fileno(), stderr=log.fileno(), new_session=True)
+        self._start_guard("boot", root, init)
 
     def result(self):
         """('confirmed', version, '') or ('rolled-back', version, reason) of the last trial,
