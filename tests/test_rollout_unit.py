@@ -80,3 +80,11 @@ def test_failures_halt_and_withdraw_from_those_not_started_pause_holds():
     assert r.step(paused, {"a": done}) == ({}, [], [])
     for terminal in (r.HALTED, r.ABORTED, r.DONE):
         assert r.step(rollout([("all", ["a"])], state=terminal), {"a": bad}) == ({}, [], [])
+
+
+def test_abort_withdraws_from_the_assigned_that_did_not_start():
+    ro = rollout([("canary", ["a", "b", "c"]), ("rest", ["d"])])
+    rows = {"a": row(update={"state": "installing", "version": "0.2.0"}), "b": row(),
+            "c": row(state="lost")}
+    assert r.abort(ro, rows) == ({"state": r.ABORTED, "reason": "aborted by the operator"},
+                                 [], ["b", "c"])

@@ -116,6 +116,13 @@ class Releases:
                              json.dumps({f: os.path.abspath(p) for f, p in files.items()}),
                              time.time()))
 
+    def need(self, version):
+        """(envelope, files) of release `version`; ReleaseError when there is none."""
+        got = self.get(version)
+        if got is None:
+            raise ReleaseError(f"no release {version} (lanmesh fleet release add FILES…)")
+        return got
+
     def get(self, version):
         row = self.db.execute("SELECT envelope, files FROM releases WHERE version = ?",
                               (version,)).fetchone()
@@ -151,9 +158,7 @@ def publish_chunks(session, prefix, doc, by_fmt):
 def assign(fd, session, version, nodes):
     """Give `nodes` release `version`: its signed manifest, retained on each one's update
     topic. ReleaseError for an unknown version or node."""
-    got = Releases(fd.registry).get(version)
-    if got is None:
-        raise ReleaseError(f"no release {version} (lanmesh fleet release add FILES…)")
+    got = Releases(fd.registry).need(version)
     known = {n["name"] for n in fd.registry.nodes()}
     unknown = sorted(set(nodes) - known)
     if unknown:

@@ -85,19 +85,34 @@ def outcome(row, version):
     return PENDING if row.get("state") == "online" else OFFLINE
 
 
+def _progress(ro, rows):
+    """{node: progress} of the routers assigned so far."""
+    return {n: outcome(rows.get(n, {}), ro["version"])
+            for _, nodes in ro["waves"][:ro["wave"] + 1] for n in nodes}
+
+
+def _not_started(got):
+    return [n for n, o in got.items() if o in (PENDING, OFFLINE)]
+
+
+def abort(ro, rows):
+    """The operator stops it: → (changes, [], the assigned routers that have not started it,
+    whose assignment to withdraw). Those installing finish or roll back by themselves."""
+    return ({"state": ABORTED, "reason": "aborted by the operator"}, [],
+            _not_started(_progress(ro, rows)))
+
+
 def step(ro, rows):
     """ro: the rollout record; rows: {node: fleet status row}. → (changes to ro, nodes to
     assign the release to, nodes whose assignment to withdraw)."""
     if ro["state"] not in ACTIVE:
         return {}, [], []
-    assigned = [n for _, nodes in ro["waves"][:ro["wave"] + 1] for n in nodes]
-    got = {n: outcome(rows.get(n, {}), ro["version"]) for n in assigned}
+    got = _progress(ro, rows)
     failed = sorted(n for n, o in got.items() if o in FAILED)
     if len(failed) >= ro["max_failures"]:
         why = f"{len(failed)} routers failed ({', '.join(failed[:5])}), --max-failures " \
               f"{ro['max_failures']}"
-        return ({"state": HALTED, "reason": why},
-                [], [n for n, o in got.items() if o in (PENDING, OFFLINE)])
+        return {"state": HALTED, "reason": why}, [], _not_started(got)
     if ro["state"] == PAUSED:
         return {}, [], []
     wave = ro["waves"][ro["wave"]][1]

@@ -140,14 +140,11 @@ def _session(args, fd):
 
 def cmd_start(args):
     from . import releases
-    from .cli import _fd
-    fd = _fd(args)
-    if releases.Releases(fd.registry).get(args.version) is None:
-        raise ro_core.RolloutError(f"no release {args.version} (lanmesh fleet release add FILE…)")
+    fd, rollouts = _registry(args)
+    releases.Releases(fd.registry).need(args.version)
     if args.max_failures < 1:
         raise ro_core.RolloutError("--max-failures must be 1 or more")
     waves = ro_core.plan_waves(args.waves, [n["name"] for n in fd.registry.nodes()], args.version)
-    rollouts = ro_core.Rollouts(fd.registry)
     with _session(args, fd) as session:
         ro = rollouts.start(args.version, waves, args.max_failures)
         releases.assign(fd, session, args.version, waves[0][1])
@@ -158,10 +155,14 @@ def cmd_start(args):
         return _watch(args, fd, session, rollouts, ro)
 
 
-def cmd_status(args):
+def _registry(args):
     from .cli import _fd
     fd = _fd(args)
-    rollouts = ro_core.Rollouts(fd.registry)
+    return fd, ro_core.Rollouts(fd.registry)
+
+
+def cmd_status(args):
+    fd, rollouts = _registry(args)
     ro = rollouts.latest()
     if ro is None:
         print("no rollout (lanmesh fleet rollout start VERSION --waves …)")
@@ -172,9 +173,7 @@ def cmd_status(args):
 
 def cmd_change(args):
     from . import releases
-    from .cli import _fd
-    fd = _fd(args)
-    rollouts = ro_core.Rollouts(fd.registry)
+    fd, rollouts = _registry(args)
     ro = rollouts.active()
     if ro is None:
         raise ro_core.RolloutError("no running or paused rollout")
@@ -184,13 +183,10 @@ def cmd_change(args):
         ro = rollouts.change(ro, state=ro_core.RUNNING)
     else:
         with _session(args, fd) as session:
-            rows = _rows(fd, session, 0.3)
-            assigned = [n for _, nodes in ro["waves"][:ro["wave"] + 1] for n in nodes]
-            idle = [n for n in assigned if ro_core.outcome(rows.get(n, {}), ro["version"])
-                    in (ro_core.PENDING, ro_core.OFFLINE)]
+            changes, _, idle = ro_core.abort(ro, _rows(fd, session, 0.3))
             if idle:
                 releases.withdraw(fd, session, idle)
-            ro = rollouts.change(ro, state=ro_core.ABORTED, reason="aborted by the operator")
+            ro = rollouts.change(ro, **changes)
             print(f"withdrawn from {', '.join(idle) or 'no router'} (those installing finish "
                   f"or roll back by themselves)")
     print(f"rollout {ro['id']} of {ro['version']}: {ro['state']}")
