@@ -85,6 +85,39 @@ class Timeline(controller.BrokerSession):
         return g("received") - self.reported_msgs, g("sent") - self.all_msgs
 
 
+def simulated_fleet(tmp, nodes, settings=None, fleet_extra=None):
+    """A fleet of `nodes` registered routers n0…, a real mosquitto on loopback (TLS, a password
+    per router, the generated ACL) and each router's parsed node config, in <tmp>/<name>/.
+    fleet_extra(name, dir) → more keys for that router's `fleet` section. Starts the broker:
+    the caller stops it. → (FleetDir, Broker, controller broker options, {name: config})."""
+    fd = controller.FleetDir.init(os.path.join(tmp, "acme"), "acme", overlay6="fd00:6c6d::/64")
+    if settings:
+        fd.registry.set_settings(settings)
+    names = [f"n{i}" for i in range(nodes)]
+    for i, n in enumerate(names):
+        fd.registry.add_node(n, keys.pubkey(keys.genkey()), [f"198.19.{i % 256}.{0 if i < 256 else 128}/25"],
+                             [f"198.18.{i // 250}.{i % 250 + 1}:51820"])
+    pws = {n: brokerconf.new_password() for n in names}
+    broker = Broker(os.path.join(tmp, "broker"), dict(pws, controller=open(fd.password_path).read().strip()),
+                    prefix=PREFIX, extra_conf="max_queued_messages 5000\n")
+    broker.start()
+    fd.registry.set("broker", broker.url)
+    fd.registry.set("controller_broker", broker.controller_url)
+    fd.registry.set("ca_file", broker.ca_file)
+    cfgs = {}
+    for n in names:
+        d = os.path.join(tmp, n)
+        os.makedirs(d)
+        with open(os.path.join(d, "pw"), "w") as f:
+            f.write(pws[n])
+        fleet = {"name": "acme", "public_key": fd.public_key(), "broker": broker.url,
+                 "ca_file": broker.ca_file, "password_file": "pw"}
+        fleet.update(fleet_extra(n, d) if fleet_extra else {})
+        cfgs[n] = parse_config({"name": n, "state_dir": "state", "fleet": fleet},
+                               os.path.join(d, "node.json"))
+    return fd, broker, fd.broker_options(), cfgs
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -104,29 +137,10 @@ def main():
     tmp = tempfile.mkdtemp(prefix="lanmesh-bench-")
     broker, agents, loop_thread = None, [], None
     try:
-        fd = controller.FleetDir.init(os.path.join(tmp, "acme"), "acme", overlay6="fd00:6c6d::/64")
-        fd.registry.set_settings({"confirm_window": 30})
-        names = [f"n{i}" for i in range(a.nodes)]
-        for i, n in enumerate(names):
-            fd.registry.add_node(n, keys.pubkey(keys.genkey()), [f"198.19.{i % 256}.{0 if i < 256 else 128}/25"],
-                                 [f"198.18.{i // 250}.{i % 250 + 1}:51820"])
-        pws = {n: brokerconf.new_password() for n in names}
-        broker = Broker(os.path.join(tmp, "broker"), dict(pws, controller=open(fd.password_path).read().strip()),
-                        prefix=PREFIX, extra_conf="max_queued_messages 5000\n")
-        broker.start()
-        fd.registry.set("broker", broker.url)
-        fd.registry.set("controller_broker", broker.controller_url)
-        fd.registry.set("ca_file", broker.ca_file)
-        opts = fd.broker_options()
+        fd, broker, opts, cfgs = simulated_fleet(tmp, a.nodes, {"confirm_window": 30})
+        names = list(cfgs)
         for n in names:
-            d = os.path.join(tmp, n)
-            os.makedirs(d)
-            with open(os.path.join(d, "pw"), "w") as f:
-                f.write(pws[n])
-            cfg = parse_config({"name": n, "state_dir": "state", "fleet": {
-                "name": "acme", "public_key": fd.public_key(), "broker": broker.url,
-                "ca_file": broker.ca_file, "password_file": "pw"}}, os.path.join(d, "node.json"))
-            agents.append(agent_mod.FleetAgent(cfg, RouterStandIn(n), logging.getLogger(n),
+            agents.append(agent_mod.FleetAgent(cfgs[n], RouterStandIn(n), logging.getLogger(n),
                                                settle_ms=a.settle_ms))
         tl = Timeline(opts).__enter__()
         tl.client.subscribe([(topics.all_reported(PREFIX), 1), ("$SYS/broker/messages/+", 0)])

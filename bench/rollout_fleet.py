@@ -20,12 +20,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "firmware"), os.path.join(HERE, "..", "tests"),
                 os.path.join(HERE, "..", "packaging")]
 
-from lanmesh import aio, keys  # noqa: E402
-from lanmesh.config import parse_config  # noqa: E402
+from lanmesh import aio  # noqa: E402
 from lanmesh.fleet import agent as agent_mod  # noqa: E402
-from lanmesh.operator import brokerconf, controller, releases, rollout, rollout_cli  # noqa: E402
-from fleet_propagation import PREFIX, RouterStandIn, Timeline  # noqa: E402
-from mqtt_broker import Broker  # noqa: E402
+from lanmesh.operator import controller, releases, rollout, rollout_cli  # noqa: E402
+from fleet_propagation import RouterStandIn, Timeline, simulated_fleet  # noqa: E402
 
 
 def main():
@@ -40,31 +38,14 @@ def main():
     try:
         v1 = build_ipk.build(os.path.join(tmp, "v1"))
         v2 = build_ipk.build(os.path.join(tmp, "v2"), version="0.2.0")
-        fd = controller.FleetDir.init(os.path.join(tmp, "acme"), "acme", overlay6="fd00:6c6d::/64")
-        names = [f"n{i}" for i in range(a.nodes)]
-        for i, n in enumerate(names):
-            fd.registry.add_node(n, keys.pubkey(keys.genkey()), [f"198.19.{i % 256}.{0 if i < 256 else 128}/25"],
-                                 [f"198.18.{i // 250}.{i % 250 + 1}:51820"])
-        pws = {n: brokerconf.new_password() for n in names}
-        broker = Broker(os.path.join(tmp, "broker"), dict(pws, controller=open(fd.password_path).read().strip()),
-                        prefix=PREFIX, extra_conf="max_queued_messages 5000\n")
-        broker.start()
-        fd.registry.set("broker", broker.url)
-        fd.registry.set("controller_broker", broker.controller_url)
-        fd.registry.set("ca_file", broker.ca_file)
-        opts = fd.broker_options()
-        cfgs = {}
-        for n in names:
-            d = os.path.join(tmp, n)
+
+        def update_settings(n, d):      # the package manager and the restart are simulated
             os.makedirs(os.path.join(d, "root"))
-            with open(os.path.join(d, "pw"), "w") as f:
-                f.write(pws[n])
-            cfgs[n] = parse_config({"name": n, "state_dir": "state", "fleet": {
-                "name": "acme", "public_key": fd.public_key(), "broker": broker.url,
-                "ca_file": broker.ca_file, "password_file": "pw", "package_format": "ipk",
-                "board": "lab", "package_manager": "true", "package_root": os.path.join(d, "root"),
-                "restart_command": f"touch {d}/restarted", "confirm_window": 600}},
-                os.path.join(d, "node.json"))
+            return {"package_format": "ipk", "board": "lab", "package_manager": "true",
+                    "package_root": os.path.join(d, "root"),
+                    "restart_command": f"touch {d}/restarted", "confirm_window": 600}
+        fd, broker, opts, cfgs = simulated_fleet(tmp, a.nodes, fleet_extra=update_settings)
+        names = list(cfgs)
         pending = []                    # agents to start on the loop
 
         def make(n, running=None):
