@@ -38,13 +38,13 @@ def start_all(lab, sites=None):
         lab.wait_ready(s)
 
 
-def wait_for(pred, timeout, what):
+def wait_for(pred, timeout, what, every=0.2):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         got = pred()
         if got:
             return got
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
